@@ -1,0 +1,116 @@
+"""Shared pytest fixtures: raster factory, shared-data location, CLI runner in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "refdiff",
+    deadline=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "refdiff"))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO_ROOT / "sample_data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip gpu tests without CUDA, whatever -m selects."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        has_cuda = False
+    if has_cuda:
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The project's shared real-data folder, or skip when it is absent."""
+    env = os.environ.get("REFDIFF_SHARED_DATA")
+    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    if not (path / "README.md").is_file():
+        pytest.skip(f"real data not found at {path} (set REFDIFF_SHARED_DATA)")
+    return path
+
+
+RasterFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_raster(tmp_path: Path) -> RasterFactory:
+    """Return ``make(name, array, *, crs, transform, nodata, **profile) -> Path``.
+
+    ``array`` is (bands, rows, cols) or (rows, cols). Defaults: EPSG:32633 (UTM 33N), a
+    north-up transform with 4 m pixels at (500000, 5000000), no nodata, tiled deflate GTiff.
+    Pass ``crs=None`` or ``transform=None`` to leave georeferencing out.
+    """
+    import rasterio
+    from affine import Affine
+
+    default_transform = Affine(4.0, 0.0, 500_000.0, 0.0, -4.0, 5_000_000.0)
+
+    def make(
+        name: str,
+        array: np.ndarray,
+        *,
+        crs: Any = "EPSG:32633",
+        transform: Any = default_transform,
+        nodata: float | None = None,
+        **profile: Any,
+    ) -> Path:
+        data = array[None] if array.ndim == 2 else array
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        options: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": data.shape[2],
+            "height": data.shape[1],
+            "count": data.shape[0],
+            "dtype": data.dtype,
+            "nodata": nodata,
+        }
+        if crs is not None:
+            options["crs"] = crs
+        if transform is not None:
+            options["transform"] = transform
+        if data.shape[1] >= 16 and data.shape[2] >= 16:
+            options.update(tiled=True, blockxsize=16, blockysize=16, compress="deflate")
+        options.update(profile)
+        with rasterio.open(path, "w", **options) as dst:
+            dst.write(data)
+        return path
+
+    return make
+
+
+def run_cli(
+    args: list[str], *, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m refdiff_cli ARGS`` in a subprocess (real exit codes, signals, fds)."""
+    full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "refdiff_cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
