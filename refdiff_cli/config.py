@@ -85,7 +85,9 @@ class SamplerConfig:
     start: StartName = "noise"
 
     def __post_init__(self) -> None:
-        _require(self.sampler in ("heun", "euler"), "sampler", f"{self.sampler!r}; use heun or euler")
+        _require(
+            self.sampler in ("heun", "euler"), "sampler", f"{self.sampler!r}; use heun or euler"
+        )
         _require(self.steps >= 1, "steps", f"{self.steps}; use at least 1")
         _require(
             0 < self.sigma_min < self.sigma_max,
@@ -192,3 +194,93 @@ def save_json(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+EngineName = Literal["auto", "diffusion", "bicubic"]
+MaskGrid = Literal["own", "ref", "lr"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class UpscaleOptions:
+    """Everything ``refdiff upscale`` needs besides the input and output paths.
+
+    ``None`` means "take the model card's default". ``mask_encoding`` is "auto", "binary",
+    "grey" or the path of a class table (JSON or CSV; see ``data/masks.py``).
+    """
+
+    engine: EngineName = "auto"
+    model: Path | None = None
+    model_sha256: str | None = None
+    scale: int | None = None
+    tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
+    sampler_preset: str | None = None
+    sampler: SamplerName | None = None
+    steps: int | None = None
+    start: StartName | None = None
+    S_churn: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: Precision = "fp32"
+    batch_size: int = 4
+    bands: tuple[int, ...] | None = None
+    ref_bands: tuple[int, ...] | None = None
+    mask_grid: MaskGrid = "own"
+    mask_encoding: str = "auto"
+    creation_options: tuple[str, ...] = ()
+    cog: bool = False
+    overwrite: bool = False
+    skip_existing: bool = False
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.engine in ("auto", "diffusion", "bicubic"), "--engine", f"{self.engine!r}")
+        _require(self.batch_size >= 1, "--batch-size", f"{self.batch_size}; use at least 1")
+        _require(self.precision in ("fp32", "bf16", "fp16"), "--precision", f"{self.precision!r}")
+        _require(self.mask_grid in ("own", "ref", "lr"), "--mask-grid", f"{self.mask_grid!r}")
+        _require(0 <= self.seed < 2**63, "--seed", f"{self.seed}; use 0 <= seed < 2**63")
+        if self.scale is not None:
+            _require(self.scale >= 2, "--scale", f"{self.scale}; use an integer >= 2")
+        if self.steps is not None:
+            _require(self.steps >= 1, "--steps", f"{self.steps}; use at least 1")
+        if self.S_churn is not None:
+            _require(self.S_churn >= 0, "--churn", f"{self.S_churn}; must be >= 0")
+        if self.sampler_preset is not None:
+            _require(
+                self.sampler_preset in SAMPLER_PRESETS,
+                "--sampler-preset",
+                f"{self.sampler_preset!r}; known: {', '.join(SAMPLER_PRESETS)}",
+            )
+        for name, bands in (("-b/--bidx", self.bands), ("--ref-bidx", self.ref_bands)):
+            if bands is not None:
+                _require(len(bands) >= 1, name, "empty band list")
+                _require(all(b >= 1 for b in bands), name, f"{bands}: bands are 1-based")
+        _require(
+            not (self.overwrite and self.skip_existing),
+            "--skip-existing",
+            "cannot be combined with --overwrite",
+        )
+        if self.model_sha256 is not None:
+            digest = self.model_sha256.lower()
+            _require(
+                len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+                "--model-sha256",
+                "expected 64 hexadecimal digits",
+            )
+
+    def resolved_sampler(self, default: SamplerConfig) -> SamplerConfig:
+        """The sampler to run: the preset (or the card's ``default``) with explicit overrides."""
+        base = SAMPLER_PRESETS[self.sampler_preset] if self.sampler_preset else default
+        overrides: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("sampler", self.sampler),
+                ("steps", self.steps),
+                ("start", self.start),
+                ("S_churn", self.S_churn),
+            )
+            if value is not None
+        }
+        try:
+            return dataclasses.replace(base, **overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"sampler options: {exc.message}") from exc

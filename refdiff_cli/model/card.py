@@ -1,0 +1,121 @@
+"""The model card: everything needed to use a set of weights, stored inside the weights file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from refdiff_cli.config import SamplerConfig, from_dict, to_dict
+from refdiff_cli.errors import ModelError
+
+CARD_FORMAT = "refdiff-model"
+CARD_FORMAT_VERSION = 1
+#: Key of the card in the safetensors ``__metadata__`` (k-diffusion keeps its config there too).
+CARD_METADATA_KEY = "refdiff.card"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ModelCard:
+    """Description of a trained Ref-Diff network and how to run it.
+
+    Attributes:
+        name: short model name, e.g. "refdiff-small-x8".
+        preset: network preset the weights were trained with ("paper", "small", "tiny", ...).
+        network: the full ``NetworkConfig`` as a dict (the preset may have been customised).
+        scale: super-resolution factor (output pixel size = LR pixel size / scale).
+        bands: names of the image bands, in order (e.g. ("red", "green", "blue")).
+        normalization: how input values map to model space [-1, 1]:
+            {"mode": "percentile", "p_low": 0.5, "p_high": 99.5} stretches each input band between
+            its own percentiles (uint8 rasters use their full 0..255 range), the setting training used.
+        mask_encoding: the ``MaskEncoding`` dict (see ``data/masks.py``) the mask channel expects.
+        lr_upsample: interpolation that makes LR_up from LR, in training and inference alike.
+        train_tile_px: HR tile edge used in training (pixels).
+        tile_px, overlap_px, margin_px: default inference tiling (output pixels); margin_px is the
+            blend margin, the network's effective receptive reach near a tile edge.
+        sigma_data: EDM's data standard deviation (0.5 for data in [-1, 1]).
+        sampler: default ``SamplerConfig`` as a dict.
+        training: provenance: data sources and licences, steps, seeds, validation scores.
+        refdiff_version: version of refdiff that wrote the card.
+    """
+
+    format: str = CARD_FORMAT
+    format_version: int = CARD_FORMAT_VERSION
+    name: str
+    preset: str
+    network: dict[str, Any]
+    scale: int
+    bands: tuple[str, ...]
+    normalization: dict[str, Any]
+    mask_encoding: dict[str, Any]
+    lr_upsample: str = "bicubic"
+    train_tile_px: int
+    tile_px: int
+    overlap_px: int
+    margin_px: int
+    sigma_data: float = 0.5
+    sampler: dict[str, Any]
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    refdiff_version: str
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.format == CARD_FORMAT, "format", f"{self.format!r} is not {CARD_FORMAT!r}"),
+            (
+                self.format_version == CARD_FORMAT_VERSION,
+                "format_version",
+                f"{self.format_version} is not supported (this refdiff reads {CARD_FORMAT_VERSION})",
+            ),
+            (isinstance(self.scale, int) and self.scale >= 2, "scale", f"{self.scale!r}"),
+            (len(self.bands) >= 1, "bands", "no bands listed"),
+            (self.tile_px > 0 and self.tile_px % self.scale == 0, "tile_px", f"{self.tile_px}"),
+            (
+                0 <= 2 * self.margin_px < self.overlap_px < self.tile_px,
+                "overlap_px",
+                "need 2*margin < overlap < tile",
+            ),
+            (self.sigma_data > 0, "sigma_data", f"{self.sigma_data}"),
+            (self.lr_upsample in ("bicubic", "bilinear"), "lr_upsample", f"{self.lr_upsample!r}"),
+        ]
+        for ok, field, detail in checks:
+            if not ok:
+                raise ModelError(f"model card field {field!r} is invalid: {detail}")
+
+    @property
+    def sampler_config(self) -> SamplerConfig:
+        """The card's default sampler settings as a validated ``SamplerConfig``."""
+        return from_dict(SamplerConfig, self.sampler)
+
+    def to_json(self) -> str:
+        """Serialise to compact JSON with sorted keys (stable bytes for hashing)."""
+        return json.dumps(to_dict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        """Parse and validate a card; any problem raises ``ModelError`` naming the field."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"model card is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ModelError("model card must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"model card has unknown field(s): {', '.join(unknown)}")
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        )
+        if missing:
+            raise ModelError(f"model card lacks field(s): {', '.join(missing)}")
+        data["bands"] = tuple(data["bands"])
+        try:
+            card = cls(**data)
+            card.sampler_config  # noqa: B018 - validates the sampler dict
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"model card is invalid: {exc}") from exc
+        return card
