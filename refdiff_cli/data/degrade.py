@@ -75,7 +75,9 @@ def downscale_bicubic(hr: torch.Tensor, scale: int) -> torch.Tensor:
     )
 
 
-def upsample(lr: torch.Tensor, scale: int, *, mode: UpsampleMode = "bicubic") -> torch.Tensor:
+def upsample(
+    lr: torch.Tensor, scale: int, *, mode: UpsampleMode = "bicubic", clamp: bool = True
+) -> torch.Tensor:
     """THE LR_up of refdiff: one interpolation for training, evaluation and inference.
 
     Borders are replicate-padded: torch's bilinear and bicubic kernels clamp source indices
@@ -89,16 +91,18 @@ def upsample(lr: torch.Tensor, scale: int, *, mode: UpsampleMode = "bicubic") ->
         lr: (B, C, h, w) image in model space [-1, 1].
         scale: integer upsampling factor >= 1.
         mode: "bicubic" (default, Keys a = -0.75) or "bilinear"; recorded in the model card.
+        clamp: clamp to [-1, 1] (what the network sees); False keeps the raw interpolation
+            (the bicubic baseline engine, whose values outside [-1, 1] are real data).
 
     Returns:
-        (B, C, h * scale, w * scale) image in [-1, 1].
+        (B, C, h * scale, w * scale) image, in [-1, 1] when ``clamp``.
     """
     _check_image(lr, scale, "lr")
     if mode not in ("bicubic", "bilinear"):
         raise ValueError(f"unknown upsample mode {mode!r}; use bicubic or bilinear")
     height, width = lr.shape[-2:]
     up = F.interpolate(lr, size=(height * scale, width * scale), mode=mode, align_corners=False)
-    return up.clamp(-1.0, 1.0)  # (B, C, h*scale, w*scale)
+    return up.clamp(-1.0, 1.0) if clamp else up  # (B, C, h*scale, w*scale)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

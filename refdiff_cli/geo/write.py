@@ -58,7 +58,7 @@ class GridLike(Protocol):
     def height(self) -> int: ...
 
 
-def preflight_output(out: Path, *, inputs: Sequence[Path], overwrite: bool, raw_bytes: int) -> None:
+def preflight_output(out: Path, *, inputs: Sequence[Path], overwrite: bool, raw_bytes: int) -> int:
     """Check, before any model work, that ``out`` can be written; leave nothing behind.
 
     Args:
@@ -67,6 +67,9 @@ def preflight_output(out: Path, *, inputs: Sequence[Path], overwrite: bool, raw_
             included).
         overwrite: whether an existing output may be replaced.
         raw_bytes: uncompressed output size in bytes (>= 0; 0 skips the free-space check).
+
+    Returns:
+        The free bytes in the output folder.
 
     Raises:
         OutputError: the output is an input, its folder is missing or not writable, it exists
@@ -99,8 +102,8 @@ def preflight_output(out: Path, *, inputs: Sequence[Path], overwrite: bool, raw_
     os.unlink(probe)
     if os.path.lexists(out) and not overwrite:
         raise OutputError(f"{out} already exists", hint="use --overwrite to replace it")
+    free = shutil.disk_usage(folder).free
     if raw_bytes > 0:
-        free = shutil.disk_usage(folder).free
         if free < MIN_FREE_FRACTION * raw_bytes:
             raise OutputError(
                 f"not enough free space in {folder}: {free / 2**20:.1f} MiB free, the output "
@@ -115,6 +118,7 @@ def preflight_output(out: Path, *, inputs: Sequence[Path], overwrite: bool, raw_
                 free / 2**20,
                 raw_bytes / 2**20,
             )
+    return free
 
 
 def read_completion_tags(path: Path) -> dict[str, str] | None:
@@ -190,6 +194,7 @@ class RasterWriter:
         count: number of bands (>= 1).
         dtype: output data type; ``write_strip`` takes values already in it.
         nodata: output nodata value, valid for ``dtype``; invalid pixels are written as it.
+            None declares no nodata; then every pixel written must be valid.
         band_descriptions: one description per band (None or "" leaves a band unnamed).
         creation_options: user ``--co`` items (``"NAME=VALUE"``) or a parsed mapping; they
             override the GeoTIFF profile, or the COG profile when ``cog`` is set.
@@ -206,7 +211,7 @@ class RasterWriter:
         *,
         count: int,
         dtype: npt.DTypeLike,
-        nodata: float,
+        nodata: float | None,
         band_descriptions: Sequence[str | None] | None = None,
         creation_options: Mapping[str, str] | Sequence[str] = (),
         overwrite: bool = False,
@@ -225,7 +230,8 @@ class RasterWriter:
         if band_descriptions is not None and len(band_descriptions) != count:
             raise ValueError(f"{len(band_descriptions)} band descriptions for {count} bands")
         self.band_descriptions = tuple(band_descriptions or ())
-        _check_nodata(nodata, self.dtype)
+        if nodata is not None:
+            _check_nodata(nodata, self.dtype)
         if isinstance(creation_options, Mapping):
             self._user_options = profiles.merge_options({}, creation_options)
         else:
@@ -312,7 +318,9 @@ class RasterWriter:
             )
         if any(r < end and row_off < r + n for r, (n, _) in self._strips.items()):
             raise ValueError(f"rows {row_off}-{end - 1} overlap rows already written")
-        if valid is not None:
+        if valid is not None and self.nodata is None and not bool(valid.all()):
+            raise ValueError("invalid pixels need a nodata value; this output declares none")
+        if valid is not None and self.nodata is not None:
             fill = np.asarray(self.nodata, dtype=self.dtype)
             values = np.where(valid[None], values, fill)  # (C, rows, W)
         values = np.ascontiguousarray(values)

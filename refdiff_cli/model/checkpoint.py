@@ -31,6 +31,11 @@ DEFAULT_MODEL_SHA256 = ""
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
+def default_model_installed() -> bool:
+    """Whether this package ships a default model (its weights file and pinned sha256)."""
+    return bool(DEFAULT_MODEL_SHA256) and DEFAULT_MODEL_PATH.is_file()
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoadedModel:
     """A validated model ready to denoise: network wrapped in EDM preconditioning."""

@@ -44,6 +44,29 @@ class Conditioning:
         )
 
 
+def make_conditioning(
+    *, lr_up: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, ref_valid: torch.Tensor
+) -> Conditioning:
+    """The conditions of Ref-Diff, with the one rule for pixels that have no reference.
+
+    Where ``ref_valid`` is False, Ref := LR_up and M := 1 ("changed"), so the network
+    reconstructs from LR alone there; the reference is clamped to [-1, 1] like LR_up, since
+    the normalisation does not clip (``data/normalize.py``). Training and inference both call
+    this function.
+
+    Args:
+        lr_up: (B, C, H, W) float32 LR upsampled to HR size, in [-1, 1].
+        ref: (B, C, H, W) float32 reference in model space where valid (anything elsewhere).
+        mask: (B, M, H, W) float32 change mask, in [0, 1] where valid.
+        ref_valid: (B, 1, H, W) bool, False where the reference (or the mask) has no data.
+    """
+    return Conditioning(
+        lr_up=lr_up,
+        ref=torch.where(ref_valid, ref.clamp(-1.0, 1.0), lr_up),
+        mask=torch.where(ref_valid, mask, 1.0),
+    )
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class Coefficients:
     """EDM preconditioning coefficients for a batch of noise levels, each shaped like sigma."""

@@ -1,0 +1,141 @@
+"""Terminal rendering: logging set-up, progress display and JSON on stdout (UI layer only)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from tqdm import tqdm
+
+from refdiff_cli.events import Event, Progress, Started
+
+#: Seconds between plain progress lines when stderr is not a terminal (cron, CI, pipes).
+PLAIN_PROGRESS_INTERVAL_S = 10.0
+
+
+def stderr_is_terminal() -> bool:
+    """True when progress bars and colours are appropriate on stderr."""
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send refdiff's log records to stderr: rich on a terminal, plain lines otherwise.
+
+    Args:
+        verbosity: -1 quiet (errors only), 0 normal (warnings and info), 1+ debug.
+    """
+    level = {-1: logging.ERROR, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler: logging.Handler
+    if stderr_is_terminal():
+        console = Console(stderr=True, no_color="NO_COLOR" in os.environ)
+        handler = RichHandler(console=console, show_time=False, show_path=verbosity > 0)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("refdiff: %(levelname)s: %(message)s"))
+    package_logger = logging.getLogger("refdiff_cli")
+    package_logger.handlers[:] = [handler]
+    package_logger.setLevel(level)
+    package_logger.propagate = False
+
+
+class ProgressRenderer:
+    """Turns tool events into a tqdm bar (terminal) or occasional plain lines (no terminal)."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.interactive = stderr_is_terminal()
+        self._bar: tqdm[Any] | None = None
+        self._last_line = 0.0
+        self._started = 0.0
+
+    def __call__(self, event: Event) -> None:
+        if not self.enabled:
+            return
+        if isinstance(event, Started):
+            self.close()
+            self._started = time.monotonic()
+            self._last_line = 0.0
+            if self.interactive:
+                self._bar = tqdm(
+                    total=event.total,
+                    desc=event.task,
+                    unit=event.unit,
+                    file=sys.stderr,
+                    leave=False,
+                )
+            else:
+                self._plain(f"{event.task}: 0/{event.total} {event.unit}s")
+        elif isinstance(event, Progress):
+            if self._bar is not None:
+                self._bar.update(event.done - self._bar.n)
+            elif time.monotonic() - self._last_line >= PLAIN_PROGRESS_INTERVAL_S or (
+                event.done == event.total
+            ):
+                elapsed = time.monotonic() - self._started
+                eta = elapsed / max(event.done, 1) * (event.total - event.done)
+                self._plain(
+                    f"{event.task}: {event.done}/{event.total} {event.unit}s, "
+                    f"{elapsed:.0f} s elapsed, about {eta:.0f} s left"
+                )
+            if event.done == event.total:
+                self.close()
+
+    def _plain(self, line: str) -> None:
+        self._last_line = time.monotonic()
+        print(f"refdiff: {line}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Remove a finished or abandoned progress bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def print_json(data: Any) -> None:
+    """Write one JSON document to stdout (stdout carries nothing else with --json).
+
+    A reader that went away (``refdiff ... --json | head -c1``) is not an error of the run:
+    stdout is pointed at /dev/null so the exit code still reports the work itself.
+    """
+    try:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def print_error(message: str) -> None:
+    """The last line on stderr for a failed run: what went wrong and how to fix it."""
+    print(f"refdiff: error: {message}", file=sys.stderr, flush=True)
+
+
+def print_batch_summary(report: Any) -> None:
+    """Human summary of an upscale batch on stdout: one row per item, then the counts."""
+    from rich.table import Table
+
+    console = Console(no_color="NO_COLOR" in os.environ, highlight=False)
+    table = Table(show_edge=False, pad_edge=False, box=None)
+    for column in ("output", "status", "size", "tiles", "ref cover", "seconds"):
+        table.add_column(column)
+    for item in report.items:
+        r = item.report
+        size = f"{r.width}x{r.height}x{r.bands} {r.dtype}" if r else ""
+        table.add_row(
+            str(item.output),
+            item.status if item.status != "failed" else f"failed ({item.error_class})",
+            size,
+            str(r.tiles) if r else "",
+            f"{100 * r.ref_coverage:.1f} %" if r else "",
+            f"{item.seconds:.1f}",
+        )
+    console.print(table)
+    counts = report.to_dict()["counts"]
+    console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))

@@ -1,0 +1,257 @@
+"""``refdiff upscale``: option parsing for the upscale tool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from refdiff_cli.cli import render
+from refdiff_cli.config import SAMPLER_PRESETS, TilingConfig, UpscaleOptions
+from refdiff_cli.errors import ConfigError
+
+ENGINE_HELP = (
+    "diffusion: the Ref-Diff model; bicubic: LR upsampling only (a baseline); "
+    "auto: diffusion when a model is available."
+)
+
+
+def parse_bands(text: str | None, option: str) -> tuple[int, ...] | None:
+    """Parse "3,2,1" into (3, 2, 1); ConfigError naming ``option`` otherwise."""
+    if text is None:
+        return None
+    try:
+        bands = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(
+            f"{option} expects 1-based band numbers like 3,2,1, got {text!r}"
+        ) from exc
+    if not bands:
+        raise ConfigError(f"{option} expects at least one band number")
+    return bands
+
+
+def resolve_jobs(
+    lr: list[Path], ref: Path | None, mask: Path | None, output: Path | None, from_list: Path | None
+) -> list[Any]:
+    """Turn positional inputs or a list file into upscale jobs with explicit output paths."""
+    from refdiff_cli.batch import jobs_from_list
+    from refdiff_cli.upscale import UpscaleJob
+
+    if from_list is not None:
+        if lr or ref or mask:
+            raise ConfigError("--from-list replaces LR, --ref and --mask; give one or the other")
+        return jobs_from_list(from_list, output_dir=output)
+    if not lr:
+        raise ConfigError("no input: give LR raster(s) with --ref and --mask, or --from-list FILE")
+    if ref is None or mask is None:
+        raise ConfigError(
+            "--ref and --mask are required",
+            hint="refdiff upscale lr.tif --ref ref.tif --mask cd.tif -o out.tif",
+        )
+    if output is None:
+        raise ConfigError("-o/--output is required (a file, or a folder for several inputs)")
+    if len(lr) > 1 or output.is_dir():
+        if not output.is_dir():
+            raise ConfigError(f"-o {output}: with several inputs, -o must be an existing folder")
+        outputs = [output / f"{path.stem}_sr.tif" for path in lr]
+    else:
+        outputs = [output]
+    return [
+        UpscaleJob(lr=p, ref=ref, mask=mask, output=o) for p, o in zip(lr, outputs, strict=True)
+    ]
+
+
+def upscale_command(
+    ctx: typer.Context,
+    lr: Annotated[
+        list[Path], typer.Argument(help="Low-resolution GeoTIFF(s) to upscale.", show_default=False)
+    ] = [],  # noqa: B006
+    ref: Annotated[
+        Path | None,
+        typer.Option("--ref", help="Older high-resolution reference GeoTIFF (any CRS/grid)."),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option("--mask", help="Change mask GeoTIFF: nonzero where land cover changed."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Output GeoTIFF, or a folder for several inputs."),
+    ] = None,
+    from_list: Annotated[
+        Path | None, typer.Option("--from-list", help="CSV with columns lr,ref,mask[,output].")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs.")
+    ] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing", help="Skip outputs already complete with the same parameters."
+        ),
+    ] = False,
+    engine: Annotated[
+        str, typer.Option("--engine", help=ENGINE_HELP, envvar="REFDIFF_ENGINE")
+    ] = "auto",
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Model .safetensors file [default: the bundled model].",
+            envvar="REFDIFF_MODEL",
+        ),
+    ] = None,
+    model_sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--model-sha256",
+            help="Refuse the model unless its sha256 matches.",
+            envvar="REFDIFF_MODEL_SHA256",
+        ),
+    ] = None,
+    scale: Annotated[
+        int | None,
+        typer.Option(
+            "--scale", help="Scale factor (bicubic engine; must match the model otherwise)."
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Sampler steps [default: from the model card].")
+    ] = None,
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help="heun or euler [default: from the model card].")
+    ] = None,
+    sampler_preset: Annotated[
+        str | None,
+        typer.Option(
+            "--sampler-preset",
+            help=f"Named sampler settings: {', '.join(SAMPLER_PRESETS)} (the paper's 256-step stochastic Heun).",
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start", help="Start the chain from 'noise' or from sigma_max * LR_up ('lr')."
+        ),
+    ] = None,
+    churn: Annotated[
+        float | None, typer.Option("--churn", help="EDM S_churn (0 = deterministic ODE sampling).")
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed", help="Seed of all random draws; same seed, same bytes.", envvar="REFDIFF_SEED"
+        ),
+    ] = 0,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", envvar="REFDIFF_DEVICE"),
+    ] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option("--precision", help="fp32, bf16 or fp16 (GPU).", envvar="REFDIFF_PRECISION"),
+    ] = "fp32",
+    batch_size: Annotated[
+        int,
+        typer.Option("--batch-size", help="Tiles per network call.", envvar="REFDIFF_BATCH_SIZE"),
+    ] = 4,
+    tile: Annotated[
+        int | None,
+        typer.Option("--tile", help="Tile edge in output pixels [default: from the model card]."),
+    ] = None,
+    overlap: Annotated[
+        int | None,
+        typer.Option(
+            "--overlap", help="Tile overlap in output pixels [default: from the model card]."
+        ),
+    ] = None,
+    margin: Annotated[
+        int | None,
+        typer.Option(
+            "--margin", help="Blend margin in output pixels [default: from the model card]."
+        ),
+    ] = None,
+    bidx: Annotated[
+        str | None, typer.Option("--bidx", "-b", help="LR bands to use, 1-based, e.g. 3,2,1.")
+    ] = None,
+    ref_bidx: Annotated[
+        str | None, typer.Option("--ref-bidx", help="Reference bands, 1-based [default: as -b].")
+    ] = None,
+    mask_grid: Annotated[
+        str,
+        typer.Option(
+            "--mask-grid",
+            help="'own', or borrow the 'ref' or 'lr' grid for a mask without georeferencing.",
+        ),
+    ] = "own",
+    mask_encoding: Annotated[
+        str,
+        typer.Option(
+            "--mask-encoding", help="auto, binary, grey, or a class table file (JSON/CSV)."
+        ),
+    ] = "auto",
+    co: Annotated[
+        list[str], typer.Option("--co", help="GDAL creation option NAME=VALUE (repeatable).")
+    ] = [],  # noqa: B006
+    cog: Annotated[bool, typer.Option("--cog", help="Write a Cloud Optimized GeoTIFF.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and plan only: grid, tiles, sizes, memory.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary on stdout.")
+    ] = False,
+) -> int:
+    """Super-resolve LR raster(s) with a reference and a change mask into georeferenced GeoTIFF(s).
+
+    Example: refdiff upscale lr.tif --ref ref.tif --mask cd.tif -o out.tif
+    """
+    from refdiff_cli.batch import run_batch
+    from refdiff_cli.upscale import load_engine
+
+    options = UpscaleOptions(
+        engine=engine,  # type: ignore[arg-type]
+        model=model,
+        model_sha256=model_sha256,
+        scale=scale,
+        tiling=TilingConfig(tile_px=tile, overlap_px=overlap, margin_px=margin),
+        sampler_preset=sampler_preset,
+        sampler=sampler,  # type: ignore[arg-type]
+        steps=steps,
+        start=start,  # type: ignore[arg-type]
+        S_churn=churn,
+        seed=seed,
+        device=device,
+        precision=precision,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        bands=parse_bands(bidx, "-b/--bidx"),
+        ref_bands=parse_bands(ref_bidx, "--ref-bidx"),
+        mask_grid=mask_grid,  # type: ignore[arg-type]
+        mask_encoding=mask_encoding,
+        creation_options=tuple(co),
+        cog=cog,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        dry_run=dry_run,
+    )
+    jobs = resolve_jobs(lr, ref, mask, output, from_list)
+    verbosity = ctx.obj["verbosity"] if ctx.obj else 0
+    progress = render.ProgressRenderer(enabled=verbosity >= 0 and not dry_run)
+    engine_ = load_engine(options)
+    try:
+        report = run_batch(jobs, engine_, options, on_event=progress)
+    finally:
+        progress.close()
+    if as_json:
+        render.print_json(report.to_dict() if len(jobs) > 1 else report.items[0].to_dict())
+    else:
+        render.print_batch_summary(report)
+    if len(jobs) == 1 and report.failed:
+        render.print_error(report.failed[0].message or "failed")
+    return report.exit_code
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to the app."""
+    app.command("upscale", no_args_is_help=True)(upscale_command)

@@ -1,0 +1,217 @@
+"""Engines turn a batch of normalised tiles (LR, Ref, mask) into super-resolved tiles.
+
+An engine never sees a file, a CRS or a tile plan: ``upscale.py`` feeds it tensors in model
+space (image bands in [-1, 1], mask in [0, 1]) together with each tile's absolute output
+origin, and blends what comes back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Protocol
+
+import torch
+
+from refdiff_cli.config import Precision, SamplerConfig, to_dict
+from refdiff_cli.data.degrade import upsample
+from refdiff_cli.data.normalize import Normalization
+from refdiff_cli.diffusion.noise import PixelNoise, make_noise_fn
+from refdiff_cli.diffusion.sampler import initial_state, sample
+from refdiff_cli.errors import ConfigError
+from refdiff_cli.model.checkpoint import LoadedModel
+from refdiff_cli.model.precond import Conditioning, make_conditioning
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineBatch:
+    """One batch of tiles in model space.
+
+    Attributes:
+        lr: (B, C, h, w) LR tiles in [-1, 1]; invalid pixels already filled.
+        ref: (B, C, H, W) reference warped onto the output tiles, in [-1, 1]; H = h * scale.
+        ref_valid: (B, 1, H, W) bool, False where the reference has no data.
+        mask: (B, 1, H, W) change mask in [0, 1] (1 = changed).
+        origins: absolute output-pixel (row, col) of each tile's top-left corner; keys the noise.
+        seed: run seed; with ``origins`` it fixes every random draw.
+    """
+
+    lr: torch.Tensor
+    ref: torch.Tensor
+    ref_valid: torch.Tensor
+    mask: torch.Tensor
+    origins: tuple[tuple[int, int], ...]
+    seed: int
+
+
+class Engine(Protocol):
+    """What ``upscale`` needs from an engine."""
+
+    name: str
+    sha256: str | None
+    scale: int
+    bands: int | None  # None: any number of bands
+    margin_px: int  # blend weight is zero this close to an interior tile edge
+    size_multiple: int  # tile height and width must be multiples of this
+    tile_px: int  # default tile edge, output pixels
+    overlap_px: int  # default overlap, output pixels
+    normalization: Normalization  # how input values are stretched to model space
+
+    def __call__(self, batch: EngineBatch) -> torch.Tensor:
+        """Return (B, C, H, W) float32 outputs in model space."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Settings that determine the output (written into the output's provenance tags)."""
+        ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map ``auto|cpu|cuda|cuda:N|mps`` to an available torch device (ConfigError otherwise)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--device {name}: CUDA is not available on this machine", hint="use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"--device {name}: MPS is not available on this machine", hint="use --device cpu"
+        )
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+class BicubicEngine:
+    """Bicubic upsampling of the LR: the baseline, and the engine that tests the pipeline.
+
+    Ref and mask are still read and aligned (so every check runs) but not used.
+    """
+
+    name = "bicubic"
+    sha256: str | None = None
+    bands: int | None = None
+    size_multiple = 1
+    normalization = Normalization()
+
+    def __init__(self, scale: int) -> None:
+        self.scale = scale
+        # Bicubic reaches 2 LR pixels; tile edges are replicate-padded, so trim that reach.
+        self.margin_px = 2 * scale
+        self.overlap_px = 8 * scale
+        self.tile_px = 64 * scale
+
+    def __call__(self, batch: EngineBatch) -> torch.Tensor:
+        # Not clamped: values beyond the stretch's percentiles are real data here.
+        return upsample(batch.lr.float(), self.scale, clamp=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "scale": self.scale}
+
+
+class DiffusionEngine:
+    """Ref-Diff: EDM sampling of the HR tile conditioned on LR_up, Ref and the change mask.
+
+    Where the reference has no data, the tile is conditioned on LR_up in place of Ref and
+    the mask says "changed", so the network reconstructs from LR alone there.
+    """
+
+    name = "diffusion"
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        sampler: SamplerConfig,
+        *,
+        device: torch.device,
+        precision: Precision,
+    ) -> None:
+        card = model.card
+        self.model = model
+        self.sampler = sampler
+        self.device = device
+        self.precision = precision
+        self.dtype = _DTYPES[precision]
+        self.sha256: str | None = model.sha256
+        self.scale = card.scale
+        self.bands: int | None = len(card.bands)
+        self.margin_px = card.margin_px
+        self.tile_px = card.tile_px
+        self.overlap_px = card.overlap_px
+        self.size_multiple = math.lcm(card.scale, model.denoiser.net.config.size_multiple)
+        self.normalization = Normalization.from_dict(card.normalization)
+        self.denoiser = model.denoiser.to(device)
+        if device.type == "cpu" and precision == "fp16":
+            raise ConfigError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+
+    @torch.no_grad()
+    def __call__(self, batch: EngineBatch) -> torch.Tensor:
+        lr = batch.lr.to(self.device, torch.float32)
+        lr_up = upsample(lr, self.scale)  # (B, C, H, W)
+        cond = make_conditioning(
+            lr_up=lr_up,
+            ref=batch.ref.to(self.device, torch.float32),
+            mask=batch.mask.to(self.device, torch.float32),
+            ref_valid=batch.ref_valid.to(self.device),
+        )
+        field = PixelNoise(batch.seed, lr_up.shape[1])
+        noise = make_noise_fn(field, batch.origins, (lr_up.shape[2], lr_up.shape[3]), self.device)
+        x_T = initial_state(self.sampler.start, self.sampler.sigma_max, noise(0), lr_up)
+        out = self._sample(x_T, cond, noise, self.dtype)
+        if not bool(torch.isfinite(out).all()) and self.dtype != torch.float32:
+            logger.warning(
+                "%s produced non-finite values in a tile batch at %s; recomputing it in fp32",
+                self.precision,
+                batch.origins[0],
+            )
+            out = self._sample(x_T, cond, noise, torch.float32)
+        if not bool(torch.isfinite(out).all()):
+            raise RuntimeError(
+                f"the model produced non-finite values for the tiles at {batch.origins}"
+            )
+        return out.float().cpu()
+
+    def _sample(
+        self,
+        x_T: torch.Tensor,
+        cond: Conditioning,
+        noise: Any,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            D_x: torch.Tensor = self.denoiser(x, sigma, cond, dtype=dtype)
+            return D_x
+
+        return sample(self.sampler, denoise, x_T, noise=noise)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "model": self.model.card.name,
+            "model_path": str(self.model.path),
+            "model_sha256": self.model.sha256,
+            "scale": self.scale,
+            "precision": self.precision,
+            "sampler": to_dict(self.sampler),
+        }

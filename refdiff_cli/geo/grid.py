@@ -1,0 +1,149 @@
+"""Raster grids: the output grid of an upscale, pixel windows, footprints and ground pixel sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import pyproj
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from refdiff_cli.tiling import PixelWindow
+
+#: Points per footprint edge when a footprint is projected into another CRS.
+FOOTPRINT_DENSIFY = 32
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Grid:
+    """A georeferenced pixel grid: CRS, affine transform (rotation allowed) and size.
+
+    Attributes:
+        crs: coordinate reference system.
+        transform: pixel (col, row) -> CRS (x, y) of the pixel's top-left corner.
+        width, height: size in pixels (>= 1).
+    """
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return (self.height, self.width)
+
+    def window_transform(self, window: PixelWindow) -> Affine:
+        """Transform of the sub-grid that starts at ``window``'s top-left pixel."""
+        return self.transform * Affine.translation(window.col_off, window.row_off)
+
+    def window_grid(self, window: PixelWindow) -> Grid:
+        """The sub-grid covered by ``window`` (same CRS and pixel size)."""
+        return Grid(
+            crs=self.crs,
+            transform=self.window_transform(window),
+            width=window.width,
+            height=window.height,
+        )
+
+    def footprint(self) -> shapely.Polygon:
+        """The grid's outline in its own CRS (exact for rotated transforms)."""
+        corners = [(0, 0), (self.width, 0), (self.width, self.height), (0, self.height)]
+        return shapely.Polygon([self.transform * corner for corner in corners])
+
+    def footprint_in(self, crs: CRS) -> shapely.Polygon | None:
+        """The grid's outline projected into ``crs``, densified so curved edges stay curved.
+
+        The outline is walked in pixel space and every point is projected, so a footprint
+        crossing the antimeridian stays one continuous polygon in a projected target CRS
+        (never test overlap in EPSG:4326 boxes: reliability.md, section 2.2).
+
+        Returns:
+            The polygon, or None when fewer than 3 points can be projected.
+        """
+        steps = np.linspace(0.0, 1.0, FOOTPRINT_DENSIFY, endpoint=False)
+        w, h = float(self.width), float(self.height)
+        cols = np.concatenate(
+            [steps * w, np.full_like(steps, w), w - steps * w, np.zeros_like(steps)]
+        )
+        rows = np.concatenate(
+            [np.zeros_like(steps), steps * h, np.full_like(steps, h), h - steps * h]
+        )
+        a, b, c, d, e, f = tuple(self.transform)[:6]
+        xs, ys = a * cols + b * rows + c, d * cols + e * rows + f
+        if crs != self.crs:
+            transformer = pyproj.Transformer.from_crs(self.crs, crs, always_xy=True)
+            xs, ys = transformer.transform(xs, ys, errcheck=False)
+        points = np.column_stack([xs, ys])
+        points = points[np.isfinite(points).all(axis=1)]
+        if len(points) < 3:
+            return None
+        polygon = shapely.make_valid(shapely.Polygon(points))
+        return polygon if polygon.area > 0 else None
+
+    def bounds_text(self) -> str:
+        """(left, bottom, right, top) of the footprint's envelope, for messages."""
+        left, bottom, right, top = self.footprint().bounds
+        return f"({left:.2f}, {bottom:.2f}, {right:.2f}, {top:.2f})"
+
+
+def upscaled(grid: Grid, scale: int) -> Grid:
+    """The output grid of an upscale: same CRS and bounds, pixel size divided by ``scale``.
+
+    ``transform * Affine.scale(1 / scale)`` divides all four linear terms, rotation included.
+
+    Args:
+        grid: the LR grid.
+        scale: integer factor >= 1.
+    """
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    return Grid(
+        crs=grid.crs,
+        transform=grid.transform * Affine.scale(1.0 / scale),
+        width=grid.width * scale,
+        height=grid.height * scale,
+    )
+
+
+def coverage(target: Grid, other: Grid) -> float:
+    """Fraction (0..1) of ``target``'s footprint covered by ``other``'s, in target's CRS."""
+    own = target.footprint()
+    projected = other.footprint_in(target.crs)
+    if projected is None or own.area == 0:
+        return 0.0
+    return float(min(1.0, own.intersection(projected).area / own.area))
+
+
+def to_window(window: PixelWindow) -> Window:
+    """The rasterio ``Window`` of a pixel window."""
+    return Window(window.col_off, window.row_off, window.width, window.height)
+
+
+def ground_pixel_size(grid: Grid) -> float:
+    """Mean ground size of one pixel in metres (geographic CRSs measured on the ellipsoid).
+
+    For projected CRSs this is the geometric mean of the two pixel edge lengths times the
+    CRS's linear unit; for geographic CRSs the edges are measured with ``pyproj.Geod`` at the
+    grid centre.
+    """
+    a, b, _, d, e, _ = tuple(grid.transform)[:6]
+    if grid.crs.is_geographic:
+        geod = pyproj.Geod(ellps="WGS84")
+        cx, cy = grid.transform * (grid.width / 2, grid.height / 2)
+        _, _, dx = geod.inv(cx, cy, cx + a, cy + d)
+        _, _, dy = geod.inv(cx, cy, cx + b, cy + e)
+        return math.sqrt(abs(dx) * abs(dy))
+    unit = _linear_unit_metres(grid.crs)
+    return math.sqrt(math.hypot(a, d) * math.hypot(b, e)) * unit
+
+
+def _linear_unit_metres(crs: CRS) -> float:
+    factor: Any = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    return float(factor)

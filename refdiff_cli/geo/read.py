@@ -1,0 +1,706 @@
+"""Open and validate LR, ref and mask GeoTIFFs; read LR windows, and ref/mask warped to output."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+import rasterio.errors
+from affine import Affine
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.vrt import WarpedVRT
+
+from refdiff_cli.errors import ConfigError, InputError
+from refdiff_cli.geo.env import rasterio_env
+from refdiff_cli.geo.grid import Grid, coverage, ground_pixel_size, to_window, upscaled
+from refdiff_cli.tiling import PixelWindow
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["lr", "ref", "mask", "hr"]
+MaskGrid = Literal["own", "ref", "lr"]
+
+#: More selected bands than this are refused before anything is allocated (crafted headers).
+MAX_BANDS = 256
+#: LR/ref ground pixel size ratios within this factor of the scale are accepted.
+GSD_TOLERANCE = 1.5
+#: Pixels decoded per read while validating an input.
+SCAN_CHUNK_PIXELS = 4 * 1024 * 1024
+#: Floating bands: at most this many valid values per band are sampled for percentiles.
+FLOAT_SAMPLE = 2_000_000
+#: Distinct mask values kept for encoding inference; more means "not a class map".
+MAX_MASK_VALUES = 256
+#: Extra source pixels decoded around the part of ref/mask that the warp reads (kernel reach).
+WARP_PAD_PX = 4
+
+_HEADER_BYTES = 65536
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileStamp:
+    """What identifies a file's content cheaply: size, modification time, inode."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+def stamp(path: Path) -> FileStamp:
+    """The file's current stamp."""
+    info = os.stat(path)
+    return FileStamp(info.st_size, info.st_mtime_ns, info.st_ino)
+
+
+def fingerprint(path: Path) -> dict[str, Any]:
+    """Provenance of an input: path, size, mtime and the sha256 of its first 64 KiB."""
+    info = stamp(path)
+    with open(path, "rb") as stream:
+        head = hashlib.sha256(stream.read(_HEADER_BYTES)).hexdigest()
+    return {"path": str(path), "size": info.size, "mtime_ns": info.mtime_ns, "head_sha256": head}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RasterInfo:
+    """What refdiff knows about one input raster after opening it.
+
+    Attributes:
+        path: the file.
+        role: "lr", "ref", "mask" or "hr" (for messages).
+        grid: its georeferencing, or None when it has none.
+        count: number of bands.
+        dtype: data type name (all bands share it).
+        nodata: declared nodata value, or None (invalid declared values are dropped with a
+            warning).
+        band_descriptions: one per band (None where unnamed).
+        alpha_band: 1-based index of an alpha band, or None.
+        shape: (height, width) in pixels.
+        stamp: the file's stamp when it was opened.
+    """
+
+    path: Path
+    role: str
+    grid: Grid | None
+    count: int
+    dtype: str
+    nodata: float | None
+    band_descriptions: tuple[str | None, ...]
+    alpha_band: int | None
+    shape: tuple[int, int]
+    stamp: FileStamp
+
+    @property
+    def data_bands(self) -> tuple[int, ...]:
+        """1-based indexes of the bands that are not alpha."""
+        return tuple(b for b in range(1, self.count + 1) if b != self.alpha_band)
+
+
+def check_path(path: Path, role: str) -> None:
+    """Refuse remote paths (exit 2) and missing, directory and empty files (exit 3)."""
+    text = str(path)
+    if text.startswith("/vsi") or "://" in text:
+        raise ConfigError(
+            f"{role} {text}: remote inputs are not supported (refdiff never uses the network)",
+            hint="download the file and pass a local path",
+        )
+    if not path.exists():
+        raise InputError(f"{role} not found: {path}", hint="check the path")
+    if path.is_dir():
+        raise InputError(f"{role} {path} is a directory, not a GeoTIFF", hint="name a .tif file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{role} {path} is an empty file", hint="re-create or re-download it")
+
+
+@contextlib.contextmanager
+def open_geotiff(path: Path, role: str) -> Iterator[Any]:
+    """Open ``path`` as a GeoTIFF (never another driver) under refdiff's GDAL environment."""
+    check_path(path, role)
+    with rasterio_env():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                dataset = rasterio.open(path, driver="GTiff")
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(
+                f"{role} {path} is not a GeoTIFF or is corrupt: {_gdal_text(exc)}",
+                hint="refdiff reads GeoTIFF files only; convert with gdal_translate",
+            ) from exc
+        with dataset:
+            yield dataset
+
+
+def inspect_raster(path: Path, role: str) -> RasterInfo:
+    """Open ``path``, check it is a usable GeoTIFF and describe it (no pixels are read).
+
+    Raises:
+        ConfigError: a remote path.
+        InputError: missing, not a GeoTIFF, zero-sized, GCP/RPC-only, or an unsupported dtype.
+    """
+    with open_geotiff(path, role) as src:
+        if src.width < 1 or src.height < 1 or src.count < 1:
+            raise InputError(f"{role} {path} has no pixels ({src.width}x{src.height}x{src.count})")
+        dtypes = set(src.dtypes)
+        if len(dtypes) != 1 or np.dtype(src.dtypes[0]).kind not in "uif":
+            raise InputError(f"{role} {path} has unsupported band types {sorted(dtypes)}")
+        dtype = src.dtypes[0]
+        grid = _grid_of(src)
+        if grid is None and (src.gcps[0] or src.rpcs is not None):
+            raise InputError(
+                f"{role} {path} is georeferenced by GCPs or RPCs only",
+                hint=f"rectify it first: gdalwarp {path} rectified.tif",
+            )
+        alpha = [i + 1 for i, c in enumerate(src.colorinterp) if c == ColorInterp.alpha]
+        return RasterInfo(
+            path=path,
+            role=role,
+            grid=grid,
+            count=src.count,
+            dtype=dtype,
+            nodata=_checked_nodata(src.nodata, dtype, path, role),
+            band_descriptions=tuple(src.descriptions),
+            alpha_band=alpha[0] if alpha else None,
+            shape=(src.height, src.width),
+            stamp=stamp(path),
+        )
+
+
+def _grid_of(src: Any) -> Grid | None:
+    if src.crs is None or src.transform == Affine.identity():
+        return None
+    return Grid(crs=src.crs, transform=src.transform, width=src.width, height=src.height)
+
+
+def _checked_nodata(nodata: float | None, dtype: str, path: Path, role: str) -> float | None:
+    if nodata is None:
+        return None
+    kind = np.dtype(dtype)
+    if kind.kind == "f" or math.isnan(nodata):
+        return float(nodata)
+    info = np.iinfo(kind)
+    if float(nodata).is_integer() and info.min <= nodata <= info.max:
+        return float(nodata)
+    logger.warning(
+        "%s %s declares nodata %s, which a %s band cannot hold; ignoring it",
+        role,
+        path,
+        nodata,
+        dtype,
+    )
+    return None
+
+
+def require_grid(info: RasterInfo) -> Grid:
+    """The raster's grid, or an InputError saying how to georeference it."""
+    if info.grid is None:
+        raise InputError(
+            f"{info.role} {info.path} has no CRS or geotransform",
+            hint=f"set them with `rio edit-info --crs EPSG:... --transform ... {info.path}`",
+        )
+    return info.grid
+
+
+def select_bands(info: RasterInfo, bands: Sequence[int] | None) -> tuple[int, ...]:
+    """The 1-based bands to read: ``bands`` validated, or every non-alpha band."""
+    if bands is None:
+        selected = info.data_bands
+    else:
+        bad = [b for b in bands if not 1 <= b <= info.count]
+        if bad:
+            raise ConfigError(
+                f"band(s) {', '.join(map(str, bad))} do not exist in {info.role} {info.path}, "
+                f"which has {info.count} band(s)",
+                hint="bands are 1-based (-b 1,2,3)",
+            )
+        selected = tuple(bands)
+    if len(selected) > MAX_BANDS:
+        raise InputError(
+            f"{info.role} {info.path} has {len(selected)} bands; refdiff reads at most {MAX_BANDS}",
+            hint="select bands with -b, e.g. -b 1,2,3",
+        )
+    return selected
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Scan:
+    """What a full decode of (part of) a raster found."""
+
+    valid_pixels: int
+    total_pixels: int
+    percentiles: tuple[tuple[float, float], ...]
+    values: tuple[float, ...] | None  # distinct valid values of band 1 (masks), None if many
+
+
+def scan(
+    info: RasterInfo,
+    bands: Sequence[int],
+    *,
+    window: PixelWindow | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    distinct: bool = False,
+) -> Scan:
+    """Decode every block of ``bands`` inside ``window`` and gather statistics.
+
+    A truncated or corrupt file opens fine and fails only when a missing block is read
+    (reliability.md, finding 4), so this runs before any model work.
+
+    Args:
+        info: the raster.
+        bands: 1-based bands to decode.
+        window: the part to decode (None: all of it).
+        percentiles: (p_low, p_high) per band, in 0..100.
+        distinct: collect the distinct values of the first band (for masks).
+
+    Raises:
+        InputError: a block does not decode (naming the rows), or no pixel is valid.
+    """
+    height, width = info.shape
+    win = window or PixelWindow(0, 0, height, width)
+    step = max(1, SCAN_CHUNK_PIXELS // max(1, win.width * len(bands)))
+    stats = _BandStatistics(np.dtype(info.dtype), len(bands), win.height * win.width)
+    values: set[float] | None = set() if distinct else None
+    valid_total = 0
+    with open_geotiff(info.path, info.role) as src:
+        for row in range(win.row_off, win.row_end, step):
+            rows = min(step, win.row_end - row)
+            chunk = PixelWindow(row, win.col_off, rows, win.width)
+            data, valid = _read_window(src, info, bands, chunk)
+            valid_total += int(np.count_nonzero(valid))
+            stats.add(data, valid)
+            if values is not None:
+                values.update(np.unique(data[0][valid]).tolist())
+                if len(values) > MAX_MASK_VALUES:
+                    values = None
+    if valid_total == 0:
+        where = "" if window is None else " where it overlaps the LR"
+        raise InputError(
+            f"{info.role} {info.path} has no valid pixels{where} (all nodata or masked)",
+            hint="check its nodata value and extent",
+        )
+    return Scan(
+        valid_pixels=valid_total,
+        total_pixels=win.height * win.width,
+        percentiles=stats.percentiles(percentiles),
+        values=None if values is None else tuple(sorted(values)),
+    )
+
+
+def _read_window(
+    src: Any, info: RasterInfo, bands: Sequence[int], window: PixelWindow
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
+    """Values (C, h, w) and validity (h, w) of ``bands`` in ``window``; decode errors: InputError."""
+    try:
+        data = src.read(list(bands), window=to_window(window))  # (C, h, w)
+        masks = src.read_masks(list(bands), window=to_window(window))  # (C, h, w)
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(
+            f"{info.role} {info.path} is truncated or corrupt "
+            f"(rows {window.row_off}-{window.row_end - 1}): {_gdal_text(exc)}",
+            hint="re-create or re-download the file",
+        ) from exc
+    if data.shape[1:] != (window.height, window.width):
+        raise InputError(f"{info.role} {info.path}: read {data.shape[1:]} pixels for {window}")
+    valid = (masks > 0).all(axis=0)
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data).all(axis=0)
+    return data, valid
+
+
+class _BandStatistics:
+    """Streaming per-band percentiles: exact histograms for <= 16-bit integers, else a sample."""
+
+    def __init__(self, dtype: np.dtype[Any], bands: int, pixels: int) -> None:
+        self.dtype = dtype
+        self.exact = dtype.kind in "iu" and dtype.itemsize <= 2
+        self.offset = -int(np.iinfo(dtype).min) if self.exact else 0
+        size = 1 << (8 * dtype.itemsize) if self.exact else 0
+        self.histograms = [np.zeros(size, dtype=np.int64) for _ in range(bands)]
+        self.every = max(1, pixels // FLOAT_SAMPLE)
+        self.samples: list[list[npt.NDArray[np.float64]]] = [[] for _ in range(bands)]
+
+    def add(self, data: npt.NDArray[Any], valid: npt.NDArray[np.bool_]) -> None:
+        for band in range(data.shape[0]):
+            values = data[band][valid]
+            if self.exact:
+                counts = np.bincount(values.astype(np.int64) + self.offset, minlength=0)
+                self.histograms[band][: counts.size] += counts
+            else:
+                self.samples[band].append(values[:: self.every].astype(np.float64))
+
+    def percentiles(self, levels: tuple[float, float]) -> tuple[tuple[float, float], ...]:
+        result = []
+        for band in range(len(self.histograms)):
+            if self.exact:
+                cumulative = np.cumsum(self.histograms[band])
+                total = cumulative[-1]
+                picks = [
+                    int(np.searchsorted(cumulative, max(1, math.ceil(q / 100 * total))))
+                    - self.offset
+                    for q in levels
+                ]
+                result.append((float(picks[0]), float(picks[1])))
+            else:
+                sample = np.concatenate(self.samples[band]) if self.samples[band] else np.zeros(1)
+                low, high = np.percentile(sample, levels)
+                result.append((float(low), float(high)))
+        return tuple(result)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sources:
+    """The validated inputs of one upscale.
+
+    Attributes:
+        lr, ref, mask: the rasters.
+        lr_bands, ref_bands: 1-based bands read from LR and ref (same count).
+        mask_grid: the grid the mask is read on (its own, or borrowed from ref or LR).
+        ref_coverage, mask_coverage: fraction (0..1) of the LR footprint they cover.
+        lr_scan, ref_scan, mask_scan: what the full decode found (ref and mask: where they
+            overlap the LR).
+        warnings: messages for the user (partial coverage, ...).
+    """
+
+    lr: RasterInfo
+    ref: RasterInfo
+    mask: RasterInfo
+    lr_bands: tuple[int, ...]
+    ref_bands: tuple[int, ...]
+    mask_grid: Grid
+    ref_coverage: float
+    mask_coverage: float
+    lr_scan: Scan
+    ref_scan: Scan
+    mask_scan: Scan
+    warnings: tuple[str, ...]
+
+    @property
+    def lr_grid(self) -> Grid:
+        """The LR grid (always georeferenced)."""
+        return require_grid(self.lr)
+
+    @property
+    def band_descriptions(self) -> tuple[str | None, ...]:
+        """Descriptions of the selected LR bands, copied to the output."""
+        return tuple(self.lr.band_descriptions[b - 1] for b in self.lr_bands)
+
+    @property
+    def lr_has_invalid(self) -> bool:
+        """Whether some LR pixel is nodata, masked or non-finite."""
+        return self.lr_scan.valid_pixels < self.lr_scan.total_pixels
+
+    def changed_inputs(self) -> list[Path]:
+        """Inputs whose size, mtime or inode differ from when they were opened."""
+        changed = []
+        for info in (self.lr, self.ref, self.mask):
+            try:
+                now = stamp(info.path)
+            except OSError:
+                changed.append(info.path)
+                continue
+            if now != info.stamp:
+                changed.append(info.path)
+        return changed
+
+
+def open_sources(
+    lr: Path,
+    ref: Path,
+    mask: Path,
+    *,
+    scale: int,
+    bands: Sequence[int] | None = None,
+    ref_bands: Sequence[int] | None = None,
+    mask_grid: MaskGrid = "own",
+    expect_bands: int | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> Sources:
+    """Open, validate and fully decode the three inputs of an upscale (the preflight).
+
+    Checks, cheapest first: paths, GeoTIFF headers, georeferencing, band selections, the
+    LR/ref ground-pixel ratio against ``scale``, footprint overlap (in the LR's CRS), then a
+    decode of every block that will be read.
+
+    Args:
+        lr, ref, mask: the input files.
+        scale: the engine's factor.
+        bands: LR bands (1-based) or None for all non-alpha bands.
+        ref_bands: ref bands or None: the same indexes as ``bands`` when the ref has them,
+            else all its non-alpha bands.
+        mask_grid: "own" (the mask is georeferenced), or borrow the "ref" or "lr" grid for a
+            mask without georeferencing that has the same shape.
+        expect_bands: bands the engine takes (None: any).
+        percentiles: the normalisation's (p_low, p_high).
+
+    Raises:
+        ConfigError: bad band indexes, remote paths.
+        InputError: anything wrong with the data, naming the file and the fix.
+    """
+    paths = {"lr": Path(lr), "ref": Path(ref), "mask": Path(mask)}
+    for role, path in paths.items():
+        check_path(path, role)
+    infos = {role: inspect_raster(path, role) for role, path in paths.items()}
+    lr_info, ref_info, mask_info = infos["lr"], infos["ref"], infos["mask"]
+    lr_grid, ref_grid = require_grid(lr_info), require_grid(ref_info)
+    own_mask_grid = _mask_grid(mask_info, mask_grid, lr_grid, ref_grid, scale)
+
+    lr_sel = select_bands(lr_info, bands)
+    ref_sel = _ref_bands(ref_info, lr_info, lr_sel, bands, ref_bands)
+    if expect_bands is not None and len(lr_sel) != expect_bands:
+        raise InputError(
+            f"lr {lr_info.path} gives {len(lr_sel)} band(s); the model takes {expect_bands}",
+            hint=f"select them with -b, e.g. -b {','.join(map(str, range(1, expect_bands + 1)))}",
+        )
+    _check_scale(lr_info, lr_grid, ref_info, ref_grid, scale)
+
+    messages: list[str] = []
+    ref_cover = _coverage_or_fail(lr_info, ref_info, ref_grid, messages)
+    mask_cover = _coverage_or_fail(lr_info, mask_info, own_mask_grid, messages)
+    lr_scan = scan(lr_info, lr_sel, percentiles=percentiles)
+    ref_scan = scan(
+        ref_info, ref_sel, window=_needed_window(ref_grid, lr_grid), percentiles=percentiles
+    )
+    mask_scan = scan(mask_info, (1,), window=_needed_window(own_mask_grid, lr_grid), distinct=True)
+    return Sources(
+        lr=lr_info,
+        ref=ref_info,
+        mask=mask_info,
+        lr_bands=lr_sel,
+        ref_bands=ref_sel,
+        mask_grid=own_mask_grid,
+        ref_coverage=ref_cover,
+        mask_coverage=mask_cover,
+        lr_scan=lr_scan,
+        ref_scan=ref_scan,
+        mask_scan=mask_scan,
+        warnings=tuple(messages),
+    )
+
+
+def _mask_grid(info: RasterInfo, how: MaskGrid, lr: Grid, ref: Grid, scale: int) -> Grid:
+    """The grid the mask is read on, per ``--mask-grid``."""
+    if how == "own":
+        if info.grid is None:
+            raise InputError(
+                f"mask {info.path} has no georeferencing",
+                hint="georeference it, or pass --mask-grid ref (or lr) if it is on the same "
+                "pixel grid as the reference (or the LR)",
+            )
+        return info.grid
+    candidates = [ref] if how == "ref" else [lr, upscaled(lr, scale)]
+    for grid in candidates:
+        if grid.shape == info.shape:
+            return grid
+    shapes = " or ".join(f"{g.height}x{g.width}" for g in candidates)
+    raise InputError(
+        f"mask {info.path} is {info.shape[0]}x{info.shape[1]} px; --mask-grid {how} needs {shapes}",
+        hint="the mask must be on exactly that pixel grid, or georeference it",
+    )
+
+
+def _ref_bands(
+    ref: RasterInfo,
+    lr: RasterInfo,
+    lr_sel: tuple[int, ...],
+    bands: Sequence[int] | None,
+    ref_bands: Sequence[int] | None,
+) -> tuple[int, ...]:
+    if ref_bands is not None:
+        selected = select_bands(ref, ref_bands)
+    elif bands is not None and all(b <= ref.count for b in bands):
+        selected = tuple(bands)
+    else:
+        selected = select_bands(ref, None)
+    if len(selected) != len(lr_sel):
+        raise InputError(
+            f"lr {lr.path} gives {len(lr_sel)} band(s) but ref {ref.path} gives {len(selected)}",
+            hint="select matching bands with -b (LR) and --ref-bidx (ref), e.g. -b 1,2,3 "
+            "--ref-bidx 1,2,3",
+        )
+    return selected
+
+
+def _check_scale(
+    lr: RasterInfo, lr_grid: Grid, ref: RasterInfo, ref_grid: Grid, scale: int
+) -> None:
+    lr_gsd, ref_gsd = ground_pixel_size(lr_grid), ground_pixel_size(ref_grid)
+    ratio = lr_gsd / ref_gsd
+    if not scale / GSD_TOLERANCE <= ratio <= scale * GSD_TOLERANCE:
+        raise InputError(
+            f"the model is x{scale}, but lr {lr.path} ({lr_gsd:.3g} m) / ref {ref.path} "
+            f"({ref_gsd:.3g} m) = x{ratio:.3g}",
+            hint="use a model (or --scale for bicubic) that fits, or resample the inputs",
+        )
+
+
+def _coverage_or_fail(lr: RasterInfo, other: RasterInfo, grid: Grid, messages: list[str]) -> float:
+    lr_grid = require_grid(lr)
+    fraction = coverage(lr_grid, grid)
+    if fraction <= 0.0:
+        projected = grid.footprint_in(lr_grid.crs)
+        theirs = (
+            "unknown"
+            if projected is None
+            else "(" + ", ".join(f"{v:.2f}" for v in projected.bounds) + ")"
+        )
+        raise InputError(
+            f"{other.role} {other.path} does not overlap lr {lr.path}: lr bounds "
+            f"{lr_grid.bounds_text()}, {other.role} bounds {theirs} in {lr_grid.crs.to_string()}",
+            hint=f"pass a {other.role} that covers the LR area",
+        )
+    if fraction < 0.999:
+        message = (
+            f"{other.role} {other.path} covers {100 * fraction:.1f} % of lr {lr.path}; the "
+            "uncovered part is reconstructed from the LR alone"
+        )
+        logger.warning("%s", message)
+        messages.append(message)
+    return fraction
+
+
+def _needed_window(source: Grid, lr: Grid) -> PixelWindow:
+    """The pixels of ``source`` that warping onto the LR footprint reads (padded, clipped)."""
+    outline = lr.footprint_in(source.crs)
+    if outline is None:
+        return PixelWindow(0, 0, source.height, source.width)
+    inverse = ~source.transform
+    cols, rows = zip(*(inverse * xy for xy in outline.exterior.coords), strict=True)
+    col0 = max(0, math.floor(min(cols)) - WARP_PAD_PX)
+    row0 = max(0, math.floor(min(rows)) - WARP_PAD_PX)
+    col1 = min(source.width, math.ceil(max(cols)) + WARP_PAD_PX)
+    row1 = min(source.height, math.ceil(max(rows)) + WARP_PAD_PX)
+    if col1 <= col0 or row1 <= row0:
+        return PixelWindow(0, 0, source.height, source.width)
+    return PixelWindow(row0, col0, row1 - row0, col1 - col0)
+
+
+def _gdal_text(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" ({' '.join(str(cause).split())})"
+    return text
+
+
+class SourceReader:
+    """Reads tiles of one upscale: LR windows on the LR grid, ref and mask warped onto output
+    windows (ref cubic, mask nearest), with validity. A context manager; numpy only.
+
+    Args:
+        sources: the validated inputs.
+        out_grid: the output grid.
+    """
+
+    def __init__(self, sources: Sources, out_grid: Grid) -> None:
+        self.sources = sources
+        self.out_grid = out_grid
+        self._stack = contextlib.ExitStack()
+        self._lr: Any = None
+        self._ref: Any = None
+        self._mask: Any = None
+
+    def __enter__(self) -> SourceReader:
+        s, grid = self.sources, self.out_grid
+        try:
+            self._stack.enter_context(rasterio_env())
+            self._lr = self._stack.enter_context(open_geotiff(s.lr.path, "lr"))
+            ref = self._stack.enter_context(open_geotiff(s.ref.path, "ref"))
+            mask = self._stack.enter_context(open_geotiff(s.mask.path, "mask"))
+            self._ref = self._stack.enter_context(_warped(ref, grid, Resampling.cubic))
+            self._mask = self._stack.enter_context(
+                _warped(mask, grid, Resampling.nearest, source_grid=s.mask_grid)
+            )
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stack.close()
+
+    def read_lr(self, window: PixelWindow) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """LR values (C, h, w) float32 and validity (h, w) of an LR-pixel window."""
+        data, valid = _read_window(self._lr, self.sources.lr, self.sources.lr_bands, window)
+        return data.astype(np.float32), valid
+
+    def read_ref(
+        self, window: PixelWindow
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Ref warped onto an output-pixel window: values (C, H, W) float32, validity (H, W)."""
+        return _read_vrt(self._ref, self.sources.ref, self.sources.ref_bands, window)
+
+    def read_mask(
+        self, window: PixelWindow
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Mask band 1 warped (nearest) onto an output-pixel window: (H, W) values and validity."""
+        values, valid = _read_vrt(self._mask, self.sources.mask, (1,), window)
+        return values[0], valid
+
+
+def _read_vrt(
+    vrt: Any, info: RasterInfo, bands: Sequence[int], window: PixelWindow
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Read ``bands`` of a warped VRT in ``window``: values (C, H, W) float32, validity (H, W)."""
+    alpha = vrt.count  # add_alpha appends the validity band last
+    try:
+        data = vrt.read([*bands, alpha], window=to_window(window))  # (C + 1, H, W)
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(
+            f"{info.role} {info.path} could not be read while warping: {_gdal_text(exc)}",
+            hint="check that the file is intact and was not changed during the run",
+        ) from exc
+    values = data[:-1].astype(np.float32)  # (C, H, W)
+    valid = data[-1] > 0
+    if values.dtype.kind == "f":
+        valid &= np.isfinite(values).all(axis=0)
+    return values, valid
+
+
+def _warped(
+    src: Any, grid: Grid, resampling: Resampling, *, source_grid: Grid | None = None
+) -> Any:
+    """A WarpedVRT of ``src`` on ``grid`` with an alpha band marking where it has data."""
+    options: dict[str, Any] = {}
+    if source_grid is not None and src.crs is None:
+        options.update(src_crs=source_grid.crs, src_transform=source_grid.transform)
+    return WarpedVRT(
+        src,
+        crs=grid.crs,
+        transform=grid.transform,
+        width=grid.width,
+        height=grid.height,
+        resampling=resampling,
+        add_alpha=True,
+        **options,
+    )
+
+
+def read_full(
+    info: RasterInfo, bands: Sequence[int]
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
+    """Read a whole (small) raster: values (C, H, W) in its dtype and validity (H, W)."""
+    with open_geotiff(info.path, info.role) as src:
+        return _read_window(src, info, bands, PixelWindow(0, 0, *info.shape))
+
+
+def read_warped_full(
+    info: RasterInfo, bands: Sequence[int], grid: Grid, resampling: Literal["cubic", "nearest"]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Read ``info`` warped onto all of ``grid`` (for evaluation of small rasters)."""
+    method = Resampling.cubic if resampling == "cubic" else Resampling.nearest
+    with open_geotiff(info.path, info.role) as src, _warped(src, grid, method) as vrt:
+        return _read_vrt(vrt, info, bands, PixelWindow(0, 0, grid.height, grid.width))

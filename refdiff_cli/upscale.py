@@ -1,0 +1,433 @@
+"""The upscale tool: validate inputs, plan tiles, run an engine tile batch by batch, stream out."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from refdiff_cli import __version__
+from refdiff_cli.config import UpscaleOptions, to_dict
+from refdiff_cli.data import masks, normalize
+from refdiff_cli.engines import BicubicEngine, DiffusionEngine, Engine, EngineBatch, resolve_device
+from refdiff_cli.errors import ConfigError, InputError
+from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
+from refdiff_cli.geo import grid as geogrid
+from refdiff_cli.geo import read, write
+from refdiff_cli.model.checkpoint import default_model_installed, load_model
+from refdiff_cli.tiling import (
+    PixelWindow,
+    Strip,
+    StripAccumulator,
+    Tile,
+    TilePlan,
+    batches,
+    plan_tiles,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Scale of the bicubic engine when neither --scale nor a model says otherwise.
+DEFAULT_BICUBIC_SCALE = 8
+#: Fixed overhead of a run (Python, torch, GDAL, the model) in the dry-run memory estimate.
+BASE_MEMORY_BYTES = 400 * 2**20
+
+Array = npt.NDArray[np.float32]
+Valid = npt.NDArray[np.bool_]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UpscaleJob:
+    """One output to produce: LR, reference and change mask in, one GeoTIFF out."""
+
+    lr: Path
+    ref: Path
+    mask: Path
+    output: Path
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UpscaleReport:
+    """What one upscale did (or, with ``dry_run``, would do); rendered by the CLI or as JSON."""
+
+    output: Path
+    status: str  # "written" or "dry-run"
+    width: int
+    height: int
+    bands: int
+    dtype: str
+    crs: str
+    transform: tuple[float, ...]
+    tiles: int
+    tile_px: int
+    overlap_px: int
+    ref_coverage: float
+    mask_coverage: float
+    seconds: float
+    output_bytes_raw: int
+    peak_memory_estimate_bytes: int
+    free_bytes: int
+    engine: dict[str, Any]
+    clamped_values: int = 0
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (paths as strings)."""
+        return to_dict(self)
+
+
+class TileReader(Protocol):
+    """Where tiles come from: ``geo.read.SourceReader`` for files, arrays for evaluation."""
+
+    def read_lr(self, window: PixelWindow) -> tuple[Array, Valid]: ...
+    def read_ref(self, window: PixelWindow) -> tuple[Array, Valid]: ...
+    def read_mask(self, window: PixelWindow) -> tuple[Array, Valid]: ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSpace:
+    """How one run maps raster values into the engine's space and back.
+
+    Attributes:
+        lr: scaling of the LR (and of the output, which has the LR's values).
+        ref: scaling of the reference.
+        mask: encoding of the change mask into the mask channel.
+        mask_source: the mask's name, for error messages.
+    """
+
+    lr: normalize.BandScaling
+    ref: normalize.BandScaling
+    mask: masks.MaskEncoding
+    mask_source: str
+
+
+def load_engine(options: UpscaleOptions) -> Engine:
+    """Build the engine the options ask for; ``auto`` uses the diffusion model when one exists."""
+    wants_model = options.engine == "diffusion" or (
+        options.engine == "auto" and (options.model is not None or default_model_installed())
+    )
+    if not wants_model:
+        return BicubicEngine(options.scale or DEFAULT_BICUBIC_SCALE)
+    device = resolve_device(options.device)
+    model = load_model(options.model, expected_sha256=options.model_sha256, scale=options.scale)
+    sampler = options.resolved_sampler(model.card.sampler_config)
+    return DiffusionEngine(model, sampler, device=device, precision=options.precision)
+
+
+def upscale(
+    job: UpscaleJob,
+    engine: Engine,
+    options: UpscaleOptions,
+    *,
+    on_event: EventHandler = ignore_event,
+) -> UpscaleReport:
+    """Super-resolve ``job.lr`` with ``engine`` and publish a georeferenced GeoTIFF.
+
+    Steps: validate and fully decode the inputs, decide the output grid and the tile plan,
+    check the output location, then sample tile batches and stream finished strips through
+    the safe writer (temporary file, verification, no-clobber publish).
+    """
+    started = time.monotonic()
+    sources = read.open_sources(
+        job.lr,
+        job.ref,
+        job.mask,
+        scale=engine.scale,
+        bands=options.bands,
+        ref_bands=options.ref_bands,
+        mask_grid=options.mask_grid,
+        expect_bands=engine.bands,
+        percentiles=engine.normalization.percentiles,
+    )
+    out_grid = geogrid.upscaled(sources.lr_grid, engine.scale)
+    plan = tile_plan(out_grid.shape, engine, options)
+    n_bands = len(sources.lr_bands)
+    dtype = np.dtype(sources.lr.dtype)
+    raw_bytes = out_grid.width * out_grid.height * n_bands * dtype.itemsize
+    space = model_space(sources, options.mask_encoding)
+    free = write.preflight_output(
+        job.output,
+        inputs=[job.lr, job.ref, job.mask],
+        overwrite=options.overwrite,
+        raw_bytes=raw_bytes,
+    )
+    report = UpscaleReport(
+        output=job.output,
+        status="dry-run",
+        width=out_grid.width,
+        height=out_grid.height,
+        bands=n_bands,
+        dtype=dtype.name,
+        crs=out_grid.crs.to_string(),
+        transform=tuple(out_grid.transform)[:6],
+        tiles=len(plan.tiles),
+        tile_px=plan.tile_px,
+        overlap_px=plan.overlap_px,
+        ref_coverage=sources.ref_coverage,
+        mask_coverage=sources.mask_coverage,
+        seconds=0.0,
+        output_bytes_raw=raw_bytes,
+        peak_memory_estimate_bytes=memory_estimate(
+            plan, out_grid.width, n_bands, options.batch_size
+        ),
+        free_bytes=free,
+        engine=engine.describe(),
+        warnings=sources.warnings,
+    )
+    if options.dry_run:
+        return report
+
+    nodata = normalize.choose_output_nodata(
+        dtype, sources.lr.nodata, lr_has_invalid=sources.lr_has_invalid
+    )
+    tags = provenance_tags(job, engine, options, plan, sources, space)
+    on_event(Started(task=job.output.name, total=len(plan.tiles)))
+    clamped = 0
+    with (
+        write.RasterWriter(
+            job.output,
+            out_grid,
+            count=n_bands,
+            dtype=dtype,
+            nodata=nodata,
+            band_descriptions=sources.band_descriptions,
+            creation_options=options.creation_options,
+            overwrite=options.overwrite,
+            cog=options.cog,
+        ) as writer,
+        read.SourceReader(sources, out_grid) as reader,
+    ):
+
+        def progress(done: int) -> None:
+            on_event(Progress(task=job.output.name, done=done, total=len(plan.tiles)))
+
+        strips = sr_strips(
+            reader,
+            engine,
+            plan,
+            space,
+            seed=options.seed,
+            batch_size=options.batch_size,
+            block_rows=writer.block_rows,
+            on_tiles=progress,
+        )
+        for strip in strips:
+            values, n_clamped = normalize.cast_to_dtype(strip.values, dtype)
+            clamped += n_clamped
+            normalize.reserve_nodata(values, strip.valid, nodata)
+            writer.write_strip(strip.row_off, values, strip.valid)
+        if clamped:
+            logger.info("%d output values were clamped to the %s range", clamped, dtype.name)
+        writer.finalize(tags, before_publish=lambda: check_inputs_unchanged(sources))
+    seconds = time.monotonic() - started
+    return dataclasses.replace(report, status="written", seconds=seconds, clamped_values=clamped)
+
+
+def tile_plan(shape: tuple[int, int], engine: Engine, options: UpscaleOptions) -> TilePlan:
+    """The tile plan of one output: ``--tile/--overlap/--margin`` or the engine's defaults."""
+    tiling = options.tiling
+    tile_px = tiling.tile_px or engine.tile_px
+    overlap_px = engine.overlap_px if tiling.overlap_px is None else tiling.overlap_px
+    margin_px = engine.margin_px if tiling.margin_px is None else tiling.margin_px
+    multiple = math.lcm(engine.scale, engine.size_multiple)
+    if tile_px % multiple:
+        raise ConfigError(
+            f"--tile {tile_px} is not a multiple of {multiple} (scale x{engine.scale}, "
+            f"network size multiple {engine.size_multiple})",
+            hint=f"use --tile {max(multiple, tile_px // multiple * multiple)}",
+        )
+    if not 2 * margin_px <= overlap_px < tile_px:
+        raise ConfigError(
+            f"--overlap {overlap_px} must be at least twice the blend margin ({margin_px}) and "
+            f"less than the tile ({tile_px})",
+            hint=f"use --overlap {2 * margin_px} or more, or a smaller --margin",
+        )
+    return plan_tiles(
+        shape, tile_px=tile_px, overlap_px=overlap_px, margin_px=margin_px, scale=engine.scale
+    )
+
+
+def model_space(sources: read.Sources, mask_encoding: str) -> ModelSpace:
+    """The scalings and mask encoding of one run, from what the preflight decoded."""
+    mask_name = str(sources.mask.path)
+    values = sources.mask_scan.values
+    if mask_encoding == "auto" and values is None:
+        raise InputError(
+            f"mask {mask_name} has more than {read.MAX_MASK_VALUES} distinct values",
+            hint="pass --mask-encoding binary (>= 0.5 is changed) or a class table",
+        )
+    return ModelSpace(
+        lr=normalize.scaling_for(sources.lr.dtype, sources.lr_scan.percentiles),
+        ref=normalize.scaling_for(sources.ref.dtype, sources.ref_scan.percentiles),
+        mask=masks.resolve_encoding(mask_encoding, values, source=mask_name),
+        mask_source=mask_name,
+    )
+
+
+def sr_strips(
+    reader: TileReader,
+    engine: Engine,
+    plan: TilePlan,
+    space: ModelSpace,
+    *,
+    seed: int,
+    batch_size: int,
+    block_rows: int,
+    on_tiles: Callable[[int], None] | None = None,
+) -> Iterator[Strip]:
+    """The tiled pipeline shared by upscale and evaluate: finished strips of the SR in LR values.
+
+    Args:
+        reader: source of LR windows and ref/mask windows on the output grid.
+        engine: turns model-space tile batches into SR tiles.
+        plan: the tile plan of the output.
+        space: value mappings of this run.
+        seed: run seed; with each tile's absolute origin it fixes every random draw.
+        batch_size: tiles per engine call (the result does not depend on it).
+        block_rows: strips are multiples of this many rows (the output's block height).
+        on_tiles: called with the number of tiles done after every batch.
+
+    Yields:
+        Strips (values (C, rows, W) float32 in LR values, validity (rows, W)), top to bottom.
+    """
+    accumulator = StripAccumulator(plan, space.lr.bands, block_rows=block_rows)
+    done = 0
+    for tile_batch in batches(plan.tiles, batch_size):
+        batch, lr_valid = _engine_batch(tile_batch, reader, engine.scale, seed, space)
+        out = _call_padded(engine, batch).numpy()  # (B, C, H, W) model space
+        for tile, tile_out, valid in zip(tile_batch, out, lr_valid, strict=True):
+            yield from accumulator.add(tile, normalize.from_model(tile_out, space.lr), valid)
+        done += len(tile_batch)
+        if on_tiles is not None:
+            on_tiles(done)
+
+
+def _engine_batch(
+    tiles: Sequence[Tile], reader: TileReader, scale: int, seed: int, space: ModelSpace
+) -> tuple[EngineBatch, list[Valid]]:
+    """Read and normalise one batch; return it with each tile's output validity (H, W)."""
+    lr_list, ref_list, ref_valid_list, mask_list, valid_list = [], [], [], [], []
+    for tile in tiles:
+        lr, lr_valid = reader.read_lr(tile.lr)  # (C, h, w), (h, w)
+        # Invalid LR pixels never reach the engine: mid-grey in, nodata out.
+        lr_list.append(np.where(lr_valid[None], normalize.to_model(lr, space.lr), 0.0))
+        ref, ref_valid = reader.read_ref(tile.out)  # (C, H, W), (H, W)
+        ref_list.append(np.where(ref_valid[None], normalize.to_model(ref, space.ref), 0.0))
+        raw_mask, mask_valid = reader.read_mask(tile.out)  # (H, W), (H, W)
+        mask, mask_valid = masks.encode(raw_mask, mask_valid, space.mask, source=space.mask_source)
+        mask_list.append(mask)  # (1, H, W)
+        # Without a reference or a mask value, the pixel is conditioned on LR alone.
+        ref_valid_list.append((ref_valid & mask_valid)[None])
+        valid_list.append(np.repeat(np.repeat(lr_valid, scale, 0), scale, 1))
+    batch = EngineBatch(
+        lr=torch.from_numpy(np.stack(lr_list).astype(np.float32)),
+        ref=torch.from_numpy(np.stack(ref_list).astype(np.float32)),
+        ref_valid=torch.from_numpy(np.stack(ref_valid_list)),
+        mask=torch.from_numpy(np.stack(mask_list).astype(np.float32)),
+        origins=tuple((t.out.row_off, t.out.col_off) for t in tiles),
+        seed=seed,
+    )
+    return batch, valid_list
+
+
+def _call_padded(engine: Engine, batch: EngineBatch) -> torch.Tensor:
+    """Run the engine on tiles padded to its size multiple (rasters smaller than a tile)."""
+    height, width = batch.ref.shape[2], batch.ref.shape[3]
+    multiple = math.lcm(engine.scale, engine.size_multiple)
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not (pad_h or pad_w):
+        return engine(batch)
+    s = engine.scale
+
+    def pad(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x.float(), (0, pw, 0, ph), mode="replicate").to(x.dtype)
+
+    padded = dataclasses.replace(
+        batch,
+        lr=pad(batch.lr, pad_h // s, pad_w // s),
+        ref=pad(batch.ref, pad_h, pad_w),
+        ref_valid=pad(batch.ref_valid, pad_h, pad_w).bool(),
+        mask=pad(batch.mask, pad_h, pad_w),
+    )
+    return engine(padded)[:, :, :height, :width]
+
+
+def check_inputs_unchanged(sources: read.Sources) -> None:
+    """Abort the publish if an input changed since the preflight (exit 3, nothing published)."""
+    changed = sources.changed_inputs()
+    if changed:
+        raise InputError(
+            f"input changed during the run: {', '.join(map(str, changed))}; nothing was published",
+            hint="rerun once the input is final",
+        )
+
+
+def params_hash(job: UpscaleJob, engine: Engine, options: UpscaleOptions) -> str:
+    """Hash of everything that determines the output bytes (for --skip-existing)."""
+    relevant = {
+        "version": __version__,
+        "engine": engine.describe(),
+        "options": {
+            k: v
+            for k, v in to_dict(options).items()
+            if k not in ("overwrite", "skip_existing", "dry_run", "device", "batch_size")
+        },
+        "inputs": [read.fingerprint(p) for p in (job.lr, job.ref, job.mask)],
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def provenance_tags(
+    job: UpscaleJob,
+    engine: Engine,
+    options: UpscaleOptions,
+    plan: TilePlan,
+    sources: read.Sources,
+    space: ModelSpace,
+) -> dict[str, str]:
+    """GDAL metadata recording how the output was made (REFDIFF_COMPLETE is added last)."""
+    return {
+        "REFDIFF_VERSION": __version__,
+        "REFDIFF_ENGINE": json.dumps(engine.describe(), sort_keys=True),
+        "REFDIFF_MODEL_SHA256": engine.sha256 or "none",
+        "REFDIFF_SCALE": str(engine.scale),
+        "REFDIFF_SEED": str(options.seed),
+        "REFDIFF_TILE_PX": str(plan.tile_px),
+        "REFDIFF_OVERLAP_PX": str(plan.overlap_px),
+        "REFDIFF_MARGIN_PX": str(plan.margin_px),
+        "REFDIFF_REF_COVERAGE": f"{sources.ref_coverage:.4f}",
+        "REFDIFF_MASK_COVERAGE": f"{sources.mask_coverage:.4f}",
+        "REFDIFF_BANDS": json.dumps({"lr": sources.lr_bands, "ref": sources.ref_bands}),
+        "REFDIFF_NORMALIZATION": json.dumps(
+            {"lr": space.lr.to_dict(), "ref": space.ref.to_dict(), "mask": space.mask.to_dict()},
+            sort_keys=True,
+        ),
+        "REFDIFF_INPUTS": json.dumps(
+            {
+                role: read.fingerprint(p)
+                for role, p in (("lr", job.lr), ("ref", job.ref), ("mask", job.mask))
+            },
+            sort_keys=True,
+        ),
+        "REFDIFF_OPTIONS": json.dumps(to_dict(options), sort_keys=True),
+        "REFDIFF_PARAMS_HASH": params_hash(job, engine, options),
+    }
+
+
+def memory_estimate(plan: TilePlan, width: int, bands: int, batch_size: int) -> int:
+    """Rough peak bytes: the strip buffer (values, weights, validity) plus a batch of tiles."""
+    buffer_rows = plan.tile_px + 256
+    accumulator = buffer_rows * width * (4 * bands + 4 + 1)
+    tile_pixels = min(plan.tile_px, plan.shape[0]) * min(plan.tile_px, plan.shape[1])
+    tiles = batch_size * tile_pixels * (3 * bands + 2) * 4 * 8  # inputs, state, activations
+    return accumulator + tiles + BASE_MEMORY_BYTES
