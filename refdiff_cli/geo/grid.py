@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import numpy as np
 import pyproj
@@ -127,23 +126,23 @@ def to_window(window: PixelWindow) -> Window:
 
 
 def ground_pixel_size(grid: Grid) -> float:
-    """Mean ground size of one pixel in metres (geographic CRSs measured on the ellipsoid).
+    """Mean ground size of one pixel in metres, measured on the ellipsoid at the grid centre.
 
-    For projected CRSs this is the geometric mean of the two pixel edge lengths times the
-    CRS's linear unit; for geographic CRSs the edges are measured with ``pyproj.Geod`` at the
-    grid centre.
+    Map units are not ground metres in general: a Web Mercator pixel of 0.86 units is 0.6 m
+    on the ground at 46 N. The centre pixel's two edges are taken to the CRS's own
+    geographic coordinates and measured on its ellipsoid; the result is their geometric mean.
     """
-    a, b, _, d, e, _ = tuple(grid.transform)[:6]
-    if grid.crs.is_geographic:
-        geod = pyproj.Geod(ellps="WGS84")
-        cx, cy = grid.transform * (grid.width / 2, grid.height / 2)
-        _, _, dx = geod.inv(cx, cy, cx + a, cy + d)
-        _, _, dy = geod.inv(cx, cy, cx + b, cy + e)
-        return math.sqrt(abs(dx) * abs(dy))
-    unit = _linear_unit_metres(grid.crs)
-    return math.sqrt(math.hypot(a, d) * math.hypot(b, e)) * unit
-
-
-def _linear_unit_metres(crs: CRS) -> float:
-    factor: Any = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-    return float(factor)
+    crs = pyproj.CRS.from_user_input(grid.crs)
+    geodetic = crs.geodetic_crs or pyproj.CRS.from_epsg(4326)
+    cx, cy = grid.width / 2, grid.height / 2
+    points = [
+        grid.transform * (cx, cy),
+        grid.transform * (cx + 1, cy),
+        grid.transform * (cx, cy + 1),
+    ]
+    xs, ys = zip(*points, strict=True)
+    lons, lats = pyproj.Transformer.from_crs(crs, geodetic, always_xy=True).transform(xs, ys)
+    geod = geodetic.get_geod() or pyproj.Geod(ellps="WGS84")
+    _, _, along_x = geod.inv(lons[0], lats[0], lons[1], lats[1])
+    _, _, along_y = geod.inv(lons[0], lats[0], lons[2], lats[2])
+    return math.sqrt(abs(along_x) * abs(along_y))
