@@ -127,7 +127,8 @@ def upscale_command(
         str | None,
         typer.Option(
             "--sampler-preset",
-            help=f"Named sampler settings: {', '.join(SAMPLER_PRESETS)} (the paper's 256-step stochastic Heun).",
+            help=f"Named sampler settings: {', '.join(SAMPLER_PRESETS)} "
+            "(the paper's 256-step stochastic Heun).",
         ),
     ] = None,
     start: Annotated[

@@ -298,7 +298,7 @@ def scan(
 def _read_window(
     src: Any, info: RasterInfo, bands: Sequence[int], window: PixelWindow
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
-    """Values (C, h, w) and validity (h, w) of ``bands`` in ``window``; decode errors: InputError."""
+    """Values (C, h, w) and validity (h, w) of ``bands`` in ``window`` (InputError if corrupt)."""
     try:
         data = src.read(list(bands), window=to_window(window))  # (C, h, w)
         masks = src.read_masks(list(bands), window=to_window(window))  # (C, h, w)

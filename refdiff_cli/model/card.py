@@ -26,8 +26,9 @@ class ModelCard:
         scale: super-resolution factor (output pixel size = LR pixel size / scale).
         bands: names of the image bands, in order (e.g. ("red", "green", "blue")).
         normalization: how input values map to model space [-1, 1]:
-            {"mode": "percentile", "p_low": 0.5, "p_high": 99.5} stretches each input band between
-            its own percentiles (uint8 rasters use their full 0..255 range), the setting training used.
+            {"mode": "percentile", "p_low": 0.5, "p_high": 99.5} stretches each input band
+            between its own percentiles (uint8 rasters use their full 0..255 range), the
+            setting training used (``data/normalize.py``).
         mask_encoding: the ``MaskEncoding`` dict (see ``data/masks.py``) the mask channel expects.
         lr_upsample: interpolation that makes LR_up from LR, in training and inference alike.
         train_tile_px: HR tile edge used in training (pixels).
@@ -64,7 +65,8 @@ class ModelCard:
             (
                 self.format_version == CARD_FORMAT_VERSION,
                 "format_version",
-                f"{self.format_version} is not supported (this refdiff reads {CARD_FORMAT_VERSION})",
+                f"{self.format_version} is not supported "
+                f"(this refdiff reads {CARD_FORMAT_VERSION})",
             ),
             (isinstance(self.scale, int) and self.scale >= 2, "scale", f"{self.scale!r}"),
             (len(self.bands) >= 1, "bands", "no bands listed"),

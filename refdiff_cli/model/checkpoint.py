@@ -186,7 +186,8 @@ def _load_tensors_strict(net: torch.nn.Module, path: Path) -> None:
             )
         if tensor.dtype != want.dtype:
             raise ModelError(
-                f"model file {path}: tensor {key} is {tensor.dtype}, the network needs {want.dtype}",
+                f"model file {path}: tensor {key} is {tensor.dtype}, "
+                f"the network needs {want.dtype}",
                 hint="refdiff does not cast weights silently; re-save the model in float32",
             )
     _check_finite(tensors, path)

@@ -1,4 +1,4 @@
-"""End-to-end `refdiff upscale` in a subprocess: exit codes, messages, and nothing lost or half-written."""
+"""End-to-end `refdiff upscale` in a subprocess: exit codes, messages, nothing lost or partial."""
 
 from __future__ import annotations
 
