@@ -117,6 +117,72 @@ def scaling_for(
     return BandScaling(low=low, high=high)
 
 
+#: Floating bands: at most this many valid values per band are sampled for percentiles.
+FLOAT_SAMPLE = 2_000_000
+
+
+class PercentileAccumulator:
+    """Per-band percentiles of the valid pixels, accumulated chunk by chunk.
+
+    Integers of up to 16 bits use exact histograms (the result is the smallest value whose
+    cumulative count reaches ``ceil(q / 100 * n)``); other types keep a regular sample of at
+    most ``FLOAT_SAMPLE`` values per band. Feeding a raster whole or in chunks gives the same
+    result for integer types, so upscale (chunked reads) and evaluate (arrays) agree.
+
+    Args:
+        dtype: the raster's data type.
+        bands: number of bands C.
+        pixels: total pixels that will be added (sets the float sampling step).
+    """
+
+    def __init__(self, dtype: npt.DTypeLike, bands: int, *, pixels: int) -> None:
+        kind = np.dtype(dtype)
+        self.exact = kind.kind in "iu" and kind.itemsize <= 2
+        self.offset = -int(np.iinfo(kind).min) if self.exact else 0
+        size = 1 << (8 * kind.itemsize) if self.exact else 0
+        self.histograms = [np.zeros(size, dtype=np.int64) for _ in range(bands)]
+        self.every = max(1, pixels // FLOAT_SAMPLE)
+        self.samples: list[list[npt.NDArray[np.float64]]] = [[] for _ in range(bands)]
+
+    def add(self, data: npt.NDArray[Any], valid: npt.NDArray[np.bool_]) -> None:
+        """Add a chunk: ``data`` (C, h, w) and ``valid`` (h, w)."""
+        for band in range(data.shape[0]):
+            values = data[band][valid]
+            if self.exact:
+                counts = np.bincount(values.astype(np.int64) + self.offset)
+                self.histograms[band][: counts.size] += counts
+            else:
+                self.samples[band].append(values[:: self.every].astype(np.float64))
+
+    def percentiles(self, levels: tuple[float, float]) -> tuple[tuple[float, float], ...]:
+        """Per band the values at percentiles ``levels`` (0..100) of everything added."""
+        result = []
+        for band in range(len(self.histograms)):
+            if self.exact:
+                cumulative = np.cumsum(self.histograms[band])
+                total = int(cumulative[-1])
+                picks = [
+                    int(np.searchsorted(cumulative, max(1, math.ceil(q / 100 * total))))
+                    - self.offset
+                    for q in levels
+                ]
+                result.append((float(picks[0]), float(picks[1])))
+            else:
+                sample = np.concatenate(self.samples[band]) if self.samples[band] else np.zeros(1)
+                low, high = np.percentile(sample, levels)
+                result.append((float(low), float(high)))
+        return tuple(result)
+
+
+def band_percentiles(
+    values: npt.NDArray[Any], valid: npt.NDArray[np.bool_], levels: tuple[float, float]
+) -> tuple[tuple[float, float], ...]:
+    """Percentiles of an in-memory raster (C, H, W) over its valid (H, W) pixels."""
+    accumulator = PercentileAccumulator(values.dtype, values.shape[0], pixels=valid.size)
+    accumulator.add(values, valid)
+    return accumulator.percentiles(levels)
+
+
 def to_model(values: npt.NDArray[Any], scaling: BandScaling) -> npt.NDArray[np.float32]:
     """Map DN values (C, H, W) to model space: ``2 (v - low) / (high - low) - 1`` per band.
 

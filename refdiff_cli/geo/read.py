@@ -22,6 +22,7 @@ from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 
+from refdiff_cli.data.normalize import PercentileAccumulator
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo.env import rasterio_env
 from refdiff_cli.geo.grid import Grid, coverage, ground_pixel_size, to_window, upscaled
@@ -38,8 +39,6 @@ MAX_BANDS = 256
 GSD_TOLERANCE = 1.5
 #: Pixels decoded per read while validating an input.
 SCAN_CHUNK_PIXELS = 4 * 1024 * 1024
-#: Floating bands: at most this many valid values per band are sampled for percentiles.
-FLOAT_SAMPLE = 2_000_000
 #: Distinct mask values kept for encoding inference; more means "not a class map".
 MAX_MASK_VALUES = 256
 #: Extra source pixels decoded around the part of ref/mask that the warp reads (kernel reach).
@@ -267,7 +266,7 @@ def scan(
     height, width = info.shape
     win = window or PixelWindow(0, 0, height, width)
     step = max(1, SCAN_CHUNK_PIXELS // max(1, win.width * len(bands)))
-    stats = _BandStatistics(np.dtype(info.dtype), len(bands), win.height * win.width)
+    stats = PercentileAccumulator(info.dtype, len(bands), pixels=win.height * win.width)
     values: set[float] | None = set() if distinct else None
     valid_total = 0
     with open_geotiff(info.path, info.role) as src:
@@ -314,46 +313,6 @@ def _read_window(
     if data.dtype.kind == "f":
         valid &= np.isfinite(data).all(axis=0)
     return data, valid
-
-
-class _BandStatistics:
-    """Streaming per-band percentiles: exact histograms for <= 16-bit integers, else a sample."""
-
-    def __init__(self, dtype: np.dtype[Any], bands: int, pixels: int) -> None:
-        self.dtype = dtype
-        self.exact = dtype.kind in "iu" and dtype.itemsize <= 2
-        self.offset = -int(np.iinfo(dtype).min) if self.exact else 0
-        size = 1 << (8 * dtype.itemsize) if self.exact else 0
-        self.histograms = [np.zeros(size, dtype=np.int64) for _ in range(bands)]
-        self.every = max(1, pixels // FLOAT_SAMPLE)
-        self.samples: list[list[npt.NDArray[np.float64]]] = [[] for _ in range(bands)]
-
-    def add(self, data: npt.NDArray[Any], valid: npt.NDArray[np.bool_]) -> None:
-        for band in range(data.shape[0]):
-            values = data[band][valid]
-            if self.exact:
-                counts = np.bincount(values.astype(np.int64) + self.offset, minlength=0)
-                self.histograms[band][: counts.size] += counts
-            else:
-                self.samples[band].append(values[:: self.every].astype(np.float64))
-
-    def percentiles(self, levels: tuple[float, float]) -> tuple[tuple[float, float], ...]:
-        result = []
-        for band in range(len(self.histograms)):
-            if self.exact:
-                cumulative = np.cumsum(self.histograms[band])
-                total = cumulative[-1]
-                picks = [
-                    int(np.searchsorted(cumulative, max(1, math.ceil(q / 100 * total))))
-                    - self.offset
-                    for q in levels
-                ]
-                result.append((float(picks[0]), float(picks[1])))
-            else:
-                sample = np.concatenate(self.samples[band]) if self.samples[band] else np.zeros(1)
-                low, high = np.percentile(sample, levels)
-                result.append((float(low), float(high)))
-        return tuple(result)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -423,6 +382,7 @@ def open_sources(
     mask_grid: MaskGrid = "own",
     expect_bands: int | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
+    primary_role: Role = "lr",
 ) -> Sources:
     """Open, validate and fully decode the three inputs of an upscale (the preflight).
 
@@ -440,16 +400,18 @@ def open_sources(
             mask without georeferencing that has the same shape.
         expect_bands: bands the engine takes (None: any).
         percentiles: the normalisation's (p_low, p_high).
+        primary_role: the role name of ``lr`` in messages ("hr" when prepare uses the HR
+            raster as the grid-defining input with ``scale=1``).
 
     Raises:
         ConfigError: bad band indexes, remote paths.
         InputError: anything wrong with the data, naming the file and the fix.
     """
-    paths = {"lr": Path(lr), "ref": Path(ref), "mask": Path(mask)}
+    paths = {primary_role: Path(lr), "ref": Path(ref), "mask": Path(mask)}
     for role, path in paths.items():
         check_path(path, role)
     infos = {role: inspect_raster(path, role) for role, path in paths.items()}
-    lr_info, ref_info, mask_info = infos["lr"], infos["ref"], infos["mask"]
+    lr_info, ref_info, mask_info = infos[primary_role], infos["ref"], infos["mask"]
     lr_grid, ref_grid = require_grid(lr_info), require_grid(ref_info)
     own_mask_grid = _mask_grid(mask_info, mask_grid, lr_grid, ref_grid, scale)
 
@@ -457,7 +419,8 @@ def open_sources(
     ref_sel = _ref_bands(ref_info, lr_info, lr_sel, bands, ref_bands)
     if expect_bands is not None and len(lr_sel) != expect_bands:
         raise InputError(
-            f"lr {lr_info.path} gives {len(lr_sel)} band(s); the model takes {expect_bands}",
+            f"{lr_info.role} {lr_info.path} gives {len(lr_sel)} band(s); the model takes "
+            f"{expect_bands}",
             hint=f"select them with -b, e.g. -b {','.join(map(str, range(1, expect_bands + 1)))}",
         )
     _check_scale(lr_info, lr_grid, ref_info, ref_grid, scale)
@@ -522,7 +485,8 @@ def _ref_bands(
         selected = select_bands(ref, None)
     if len(selected) != len(lr_sel):
         raise InputError(
-            f"lr {lr.path} gives {len(lr_sel)} band(s) but ref {ref.path} gives {len(selected)}",
+            f"{lr.role} {lr.path} gives {len(lr_sel)} band(s) but ref {ref.path} gives "
+            f"{len(selected)}",
             hint="select matching bands with -b (LR) and --ref-bidx (ref), e.g. -b 1,2,3 "
             "--ref-bidx 1,2,3",
         )
@@ -536,7 +500,7 @@ def _check_scale(
     ratio = lr_gsd / ref_gsd
     if not scale / GSD_TOLERANCE <= ratio <= scale * GSD_TOLERANCE:
         raise InputError(
-            f"the model is x{scale}, but lr {lr.path} ({lr_gsd:.3g} m) / ref {ref.path} "
+            f"the model is x{scale}, but {lr.role} {lr.path} ({lr_gsd:.3g} m) / ref {ref.path} "
             f"({ref_gsd:.3g} m) = x{ratio:.3g}",
             hint="use a model (or --scale for bicubic) that fits, or resample the inputs",
         )
@@ -553,13 +517,13 @@ def _coverage_or_fail(lr: RasterInfo, other: RasterInfo, grid: Grid, messages: l
             else "(" + ", ".join(f"{v:.2f}" for v in projected.bounds) + ")"
         )
         raise InputError(
-            f"{other.role} {other.path} does not overlap lr {lr.path}: lr bounds "
+            f"{other.role} {other.path} does not overlap {lr.role} {lr.path}: {lr.role} bounds "
             f"{lr_grid.bounds_text()}, {other.role} bounds {theirs} in {lr_grid.crs.to_string()}",
             hint=f"pass a {other.role} that covers the LR area",
         )
     if fraction < 0.999:
         message = (
-            f"{other.role} {other.path} covers {100 * fraction:.1f} % of lr {lr.path}; the "
+            f"{other.role} {other.path} covers {100 * fraction:.1f} % of {lr.role} {lr.path}; the "
             "uncovered part is reconstructed from the LR alone"
         )
         logger.warning("%s", message)
@@ -612,7 +576,7 @@ class SourceReader:
         s, grid = self.sources, self.out_grid
         try:
             self._stack.enter_context(rasterio_env())
-            self._lr = self._stack.enter_context(open_geotiff(s.lr.path, "lr"))
+            self._lr = self._stack.enter_context(open_geotiff(s.lr.path, s.lr.role))
             ref = self._stack.enter_context(open_geotiff(s.ref.path, "ref"))
             mask = self._stack.enter_context(open_geotiff(s.mask.path, "mask"))
             self._ref = self._stack.enter_context(_warped(ref, grid, Resampling.cubic))

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from refdiff_cli.data.normalize import (
     BandScaling,
     Normalization,
+    PercentileAccumulator,
+    band_percentiles,
     cast_to_dtype,
     choose_output_nodata,
     from_model,
@@ -103,3 +105,18 @@ def test_normalization_round_trips_through_its_dict() -> None:
     assert Normalization.from_dict(norm.to_dict()) == norm
     with pytest.raises(ValueError, match="p_low"):
         Normalization(p_low=50.0, p_high=10.0)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+def test_percentiles_are_the_same_whole_or_in_chunks(dtype: str) -> None:
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    values = rng.integers(info.min, info.max, size=(2, 60, 50), endpoint=True).astype(dtype)
+    valid = rng.random((60, 50)) > 0.2
+    whole = band_percentiles(values, valid, (0.5, 99.5))
+    chunked = PercentileAccumulator(dtype, 2, pixels=valid.size)
+    for row in range(0, 60, 7):
+        chunked.add(values[:, row : row + 7], valid[row : row + 7])
+    assert chunked.percentiles((0.5, 99.5)) == whole
+    expected = [np.percentile(values[b][valid], (0.5, 99.5), method="inverted_cdf") for b in (0, 1)]
+    assert [tuple(map(float, e)) for e in expected] == [tuple(w) for w in whole]
