@@ -209,9 +209,9 @@ class StripAccumulator:
     """Overlap-add of tiles into a buffer of output rows that streams out finished strips.
 
     Tiles must be added in plan order (row-major); ``add`` returns the strips each tile
-    finishes. Rows above the next tile row can no longer change; they leave in strips whose
-    offsets and heights are multiples of ``block_rows`` (the last strip ends at the raster's
-    bottom), so each output block is written exactly once and memory stays at about
+    finishes. Rows above the next tile row can no longer change; they leave in strips of
+    ``block_rows`` rows at offsets that are multiples of it (the last strip ends at the
+    raster's bottom), so each output block is written exactly once and memory stays at about
     ``tile_px + block_rows`` rows, whatever the raster height.
 
     Args:
@@ -264,7 +264,7 @@ class StripAccumulator:
         return self._pop_finished()
 
     def _pop_finished(self) -> list[Strip]:
-        """The rows that no remaining tile can change, as one block-aligned strip (or none)."""
+        """The rows that no remaining tile can change, as strips of ``block_rows`` rows."""
         height = self.plan.shape[0]
         tiles = self.plan.tiles
         final = height if self._added == len(tiles) else tiles[self._added].out.row_off
@@ -276,10 +276,13 @@ class StripAccumulator:
         if not bool((wsum > 0).all()):
             row = int(np.argwhere(~(wsum > 0).all(axis=1))[0, 0]) + self._base
             raise AssertionError(f"output row {row} has pixels that no tile weights")
-        values = self._acc[:, :count] / wsum  # (C, count, W)
-        strip = Strip(self._base, values, self._valid[:count].copy())
+        strips = []
+        for top in range(0, count, self.block_rows):
+            rows = slice(top, min(count, top + self.block_rows))
+            values = self._acc[:, rows] / wsum[rows]  # (C, block_rows, W)
+            strips.append(Strip(self._base + top, values, self._valid[rows].copy()))
         self._shift(count)
-        return [strip]
+        return strips
 
     def _shift(self, count: int) -> None:
         """Drop the first ``count`` buffer rows and zero the freed rows at the bottom."""

@@ -207,11 +207,15 @@ def from_model(x: npt.NDArray[Any], scaling: BandScaling) -> npt.NDArray[np.floa
     return (x.astype(np.float64) + 1.0) / 2.0 * (high - low) + low
 
 
-def cast_to_dtype(values: npt.NDArray[Any], dtype: npt.DTypeLike) -> tuple[npt.NDArray[Any], int]:
+def cast_to_dtype(
+    values: npt.NDArray[Any], dtype: npt.DTypeLike
+) -> tuple[npt.NDArray[Any], int]:
     """Round and clamp values into ``dtype`` (never wrap around) and count the clamped ones.
 
     Writing 300.7 into uint8 stores 44 and -5.0 into uint16 stores 65531 without a warning
     (reliability.md, finding 5); this is the only way refdiff converts to an output dtype.
+    Float32 input stays float32 for targets of up to 16 bits (exact for every such integer),
+    so a strip costs one temporary of its own size.
 
     Args:
         values: real array of any shape; NaN becomes 0 for integer outputs (and is counted).
@@ -221,13 +225,16 @@ def cast_to_dtype(values: npt.NDArray[Any], dtype: npt.DTypeLike) -> tuple[npt.N
         ``(cast, clamped)``: the converted array and how many values were out of range or NaN.
     """
     target = np.dtype(dtype)
-    data = np.asarray(values, dtype=np.float64)
+    data = np.asarray(values)
     if target.kind in "iu":
+        work = np.float32 if data.dtype == np.float32 and target.itemsize <= 2 else np.float64
         info = np.iinfo(target)
-        nan = np.isnan(data)
-        rounded = np.rint(np.where(nan, 0.0, data))
+        rounded = np.rint(data.astype(work, copy=False))  # a new array
+        nan = np.isnan(rounded)
         clamped = int(np.count_nonzero((rounded < info.min) | (rounded > info.max) | nan))
-        return np.clip(rounded, info.min, info.max).astype(target), clamped
+        rounded[nan] = 0.0
+        np.clip(rounded, info.min, info.max, out=rounded)
+        return rounded.astype(target), clamped
     if target.kind == "f":
         finfo = np.finfo(target)
         clamped = int(np.count_nonzero(np.abs(data) > finfo.max))

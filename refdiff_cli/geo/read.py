@@ -43,6 +43,8 @@ SCAN_CHUNK_PIXELS = 4 * 1024 * 1024
 MAX_MASK_VALUES = 256
 #: Extra source pixels decoded around the part of ref/mask that the warp reads (kernel reach).
 WARP_PAD_PX = 4
+#: Working memory of each warped reader (ref, mask), MB; GDAL warps a tile in chunks within it.
+WARP_MEMORY_MB = 16
 
 _HEADER_BYTES = 65536
 
@@ -649,6 +651,7 @@ def _warped(
         height=grid.height,
         resampling=resampling,
         add_alpha=True,
+        warp_mem_limit=WARP_MEMORY_MB,
         **options,
     )
 

@@ -225,6 +225,7 @@ def test_tiled_equals_single_pass(
     assert valid.all()
     assert offsets == sorted(offsets)
     assert all(o % block_rows == 0 for o in offsets)
+    assert offsets == list(range(0, rows * scale, block_rows))  # one strip per block row
 
 
 def test_accumulator_memory_does_not_grow_with_the_raster() -> None:
