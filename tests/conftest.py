@@ -114,3 +114,56 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def tiny_card(**changes: Any) -> Any:
+    """A valid model card for the "tiny" preset at x8 (RGB, binary masks, 2-step Heun)."""
+    import dataclasses
+
+    from refdiff_cli import __version__
+    from refdiff_cli.config import SamplerConfig, to_dict
+    from refdiff_cli.data.masks import BINARY
+    from refdiff_cli.data.normalize import Normalization
+    from refdiff_cli.model.card import ModelCard
+    from refdiff_cli.model.network import PRESETS
+
+    card = ModelCard(
+        name="refdiff-tiny-test",
+        preset="tiny",
+        network=PRESETS["tiny"].to_dict(),
+        scale=8,
+        bands=("red", "green", "blue"),
+        normalization=Normalization().to_dict(),
+        mask_encoding=BINARY.to_dict(),
+        train_tile_px=64,
+        tile_px=64,
+        overlap_px=32,
+        margin_px=8,
+        sampler=to_dict(SamplerConfig(steps=2)),
+        refdiff_version=__version__,
+    )
+    return dataclasses.replace(card, **changes)
+
+
+def write_tiny_model(
+    path: Path, *, seed: int = 0, lively: bool = False, **card_changes: Any
+) -> Path:
+    """Save a randomly initialised tiny network with ``tiny_card(**card_changes)``.
+
+    ``lively`` redraws every convolution at full xavier scale, so the network's output is far
+    from EDM's near-zero initial output and depends visibly on every input and on the noise.
+    """
+    import torch
+
+    from refdiff_cli.model.checkpoint import save_model
+    from refdiff_cli.model.network import PRESETS, Conv2d, RefDiffUNet
+
+    net = RefDiffUNet(PRESETS["tiny"], seed=seed)
+    if lively:
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for module in net.modules():
+                if isinstance(module, Conv2d):
+                    torch.nn.init.xavier_uniform_(module.weight, generator=generator)
+    save_model(path, net, tiny_card(**card_changes))
+    return path

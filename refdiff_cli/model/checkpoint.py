@@ -150,14 +150,15 @@ def _check_is_safetensors(path: Path) -> None:
     if len(head) < 9:
         raise ModelError(f"model file {path} is empty or truncated")
     (header_len,) = struct.unpack("<Q", head[:8])
+    if head[8:9] == b"{" and 0 < header_len <= min(size - 8, _MAX_HEADER_BYTES):
+        return  # a safetensors header: 8-byte length, then JSON (its first byte may be 0x80)
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise ModelError(
             f"model file {path} is a pickle (torch.save) file; refdiff refuses pickles because "
             "loading one can run arbitrary code",
             hint="use a .safetensors model written by `refdiff train`",
         )
-    if head[8:9] != b"{" or header_len > min(size - 8, _MAX_HEADER_BYTES):
-        raise ModelError(f"model file {path} is not a safetensors file (bad header)")
+    raise ModelError(f"model file {path} is not a safetensors file (bad header)")
 
 
 def _load_tensors_strict(net: torch.nn.Module, path: Path) -> None:
