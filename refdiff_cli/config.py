@@ -284,3 +284,111 @@ class UpscaleOptions:
             return dataclasses.replace(base, **overrides)
         except ConfigError as exc:
             raise ConfigError(f"sampler options: {exc.message}") from exc
+
+
+TrainLRMethod = Literal["realistic", "bicubic", "stored"]
+TrainPrecision = Literal["fp32", "bf16"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class TrainConfig:
+    """Everything ``refdiff train`` needs besides the chips and run folders.
+
+    Defaults suit a CPU run of the "small" preset; the paper's values are in the comments.
+    Sizes are HR pixels, ``batch_size`` is the global batch over all processes.
+
+    Attributes:
+        preset: network preset ("tiny", "small", "paper").
+        network: overrides of the preset's ``NetworkConfig`` fields (e.g. {"dropout": 0.0}).
+        scale: super-resolution factor; equals the chips' ``lr_scale`` with ``lr_method`` stored.
+        crop_px: training crop edge (paper 256), a multiple of the scale and the network's size
+            multiple, at most the chip size.
+        batch_size: global effective batch per optimizer step (paper 24).
+        steps: optimizer steps in total (paper: 10 M images / 24 = 416,667); may be raised on
+            resume to train longer.
+        lr: Adam learning rate after warm-up (paper 1e-4).
+        betas, eps: Adam's moment decay rates and epsilon (paper 0.9/0.999, 1e-8).
+        warmup_steps: linear learning-rate warm-up from lr / warmup_steps to lr (0 = none).
+        ema_halflife_kimg: EMA half-life in thousands of images (EDM 500).
+        ema_rampup_ratio: the half-life is at most this fraction of the images seen so far
+            (EDM 0.05), or None for a fixed half-life.
+        lr_method: how each step's LR is made: "realistic" (on-the-fly random degradation,
+            the paper's training LR), "bicubic", or "stored" (the chips' real LR images).
+        seed: seed of every random draw (weights, data order, crops, degradations, noise).
+        device: auto, cpu, cuda or cuda:N (under torchrun each rank takes cuda:LOCAL_RANK).
+        precision: fp32 (paper) or bf16 (autocast, CUDA only).
+        deterministic: ``torch.use_deterministic_algorithms(True)`` during training.
+        checkpoint_every: steps between checkpoints (one is also written at the end and on
+            Ctrl-C / SIGTERM).
+        keep_checkpoints: newest checkpoints kept (older ones are deleted once the newest
+            verifies).
+        log_every: steps between ``stats.jsonl`` lines.
+        val_every: steps between validations (0 = only at the end; none without val chips).
+        val_chips: validation chips used (the first ones of the val split).
+        val_sampler_steps: deterministic Heun steps of the validation samples.
+        grad_clip: clip the global gradient norm to this value, or None.
+        max_bad_steps: consecutive steps with a non-finite loss or gradient before giving up.
+    """
+
+    preset: str = "small"
+    network: dict[str, Any] = dataclasses.field(default_factory=dict)
+    scale: int = 8
+    crop_px: int = 128  # paper 256
+    batch_size: int = 8  # paper 24
+    steps: int = 20_000  # paper 416,667
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 500
+    ema_halflife_kimg: float = 500.0
+    ema_rampup_ratio: float | None = 0.05
+    lr_method: TrainLRMethod = "realistic"
+    seed: int = 0
+    device: str = "auto"
+    precision: TrainPrecision = "fp32"
+    deterministic: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    val_every: int = 1000
+    val_chips: int = 8
+    val_sampler_steps: int = 8
+    grad_clip: float | None = None
+    max_bad_steps: int = 5
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.network, dict), "network", "must be a table of overrides")
+        _require(self.scale >= 2, "--scale", f"{self.scale}; use an integer >= 2")
+        _require(self.crop_px >= 8, "--crop", f"{self.crop_px} px; use at least 8")
+        _require(self.batch_size >= 1, "--batch-size", f"{self.batch_size}; use at least 1")
+        _require(self.steps >= 1, "--steps", f"{self.steps}; use at least 1")
+        _require(0 < self.lr < 1, "--lr", f"{self.lr}; use a learning rate in (0, 1)")
+        _require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "betas",
+            f"{self.betas}; use two numbers in [0, 1)",
+        )
+        _require(self.eps > 0, "eps", f"{self.eps}; must be positive")
+        _require(self.warmup_steps >= 0, "warmup_steps", f"{self.warmup_steps} is negative")
+        _require(self.ema_halflife_kimg >= 0, "ema_halflife_kimg", "must be >= 0")
+        if self.ema_rampup_ratio is not None:
+            _require(self.ema_rampup_ratio > 0, "ema_rampup_ratio", "must be positive or unset")
+        _require(
+            self.lr_method in ("realistic", "bicubic", "stored"),
+            "lr_method",
+            f"{self.lr_method!r}; use realistic, bicubic or stored",
+        )
+        _require(0 <= self.seed < 2**63, "--seed", f"{self.seed}; use 0 <= seed < 2**63")
+        _require(
+            self.precision in ("fp32", "bf16"),
+            "--precision",
+            f"{self.precision!r}; training runs in fp32 or bf16 (fp16 would need loss scaling)",
+        )
+        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "max_bad_steps"):
+            value = getattr(self, name)
+            _require(value >= 1, name, f"{value}; use at least 1")
+        _require(self.val_every >= 0, "--val-every", f"{self.val_every} is negative")
+        _require(self.val_chips >= 0, "val_chips", f"{self.val_chips} is negative")
+        _require(self.val_sampler_steps >= 1, "val_sampler_steps", "use at least 1")
+        if self.grad_clip is not None:
+            _require(self.grad_clip > 0, "grad_clip", f"{self.grad_clip}; must be positive")

@@ -68,9 +68,10 @@ def _root(
 
 
 def _register_commands() -> None:
-    from refdiff_cli.cli import upscale_command
+    from refdiff_cli.cli import train_command, upscale_command
 
     upscale_command.register(app)
+    train_command.register(app)
 
 
 _register_commands()

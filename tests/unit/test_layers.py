@@ -41,12 +41,16 @@ LAYERS: dict[str, int] = {
     "model/checkpoint": 2,
     "perceptual": 2,
     "data/dataset": 2,
+    "data/shards": 2,
     "data/layouts": 2,
     "data/prepare": 3,
     "engines": 3,
     "upscale": 3,
     "batch": 3,
     "train": 3,
+    "train_plan": 3,
+    "train_state": 3,
+    "train_eval": 3,
     "evaluate": 3,
 }
 

@@ -1,0 +1,129 @@
+"""``refdiff train``: option parsing for the training tool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from refdiff_cli.cli import render
+from refdiff_cli.config import TrainConfig, from_dict, load_file
+from refdiff_cli.errors import EXIT_SIGINT, Interrupted
+
+
+def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The config file's values (if any), then every flag that was given on top."""
+    data = load_file(config_file) if config_file is not None else {}
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    return from_dict(TrainConfig, data)
+
+
+def train_command(
+    ctx: typer.Context,
+    chips: Annotated[
+        Path, typer.Argument(help="Chips folder written by `refdiff prepare`.", show_default=False)
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Run folder: checkpoints, model, stats; re-run to resume."
+        ),
+    ],
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML or JSON file of TrainConfig keys ([network] table)."),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="Network preset: tiny, small or paper.")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Optimizer steps in total (raise to continue).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Global batch over all processes.")
+    ] = None,
+    crop: Annotated[
+        int | None, typer.Option("--crop", help="Training crop edge in HR pixels.")
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")] = None,
+    lr_method: Annotated[
+        str | None,
+        typer.Option("--lr-method", help="LR images: realistic, bicubic or stored (the chips')."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of every random draw.")] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="fp32, or bf16 (CUDA only).")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints.")
+    ] = None,
+    val_every: Annotated[
+        int | None, typer.Option("--val-every", help="Steps between validations (0: at the end).")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Check and print the resolved config; train nothing."),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the final report as JSON on stdout.")
+    ] = False,
+) -> int:
+    """Train a Ref-Diff model on prepared chips; re-running the same command resumes it.
+
+    Example: refdiff train chips/ -o runs/small-x8 --steps 20000
+    """
+    from refdiff_cli import train as train_tool
+    from refdiff_cli.train_plan import resolve
+
+    config = resolve_config(
+        config_file,
+        {
+            "preset": preset,
+            "steps": steps,
+            "batch_size": batch_size,
+            "crop_px": crop,
+            "lr": lr,
+            "lr_method": lr_method,
+            "seed": seed,
+            "device": device,
+            "precision": precision,
+            "checkpoint_every": checkpoint_every,
+            "val_every": val_every,
+        },
+    )
+    if dry_run:
+        render.print_json(resolve(config, chips).describe(output))
+        return 0
+    verbosity = ctx.obj["verbosity"] if ctx.obj else 0
+    progress = render.ProgressRenderer(enabled=verbosity >= 0)
+    try:
+        report = train_tool.train(config, chips, output, on_event=progress)
+    except KeyboardInterrupt:
+        progress.close()
+        render.print_error("interrupted by SIGINT; checkpoint saved, rerun to resume")
+        return EXIT_SIGINT
+    except Interrupted as exc:
+        progress.close()
+        render.print_error("interrupted by SIGTERM; checkpoint saved, rerun to resume")
+        return exc.exit_code
+    finally:
+        progress.close()
+    if report.rank != 0:
+        return 0  # under torchrun, rank 0 alone reports
+    if as_json:
+        render.print_json(report.to_dict())
+    else:
+        print(
+            f"trained {output} to step {report.step} ({report.images_seen} images, "
+            f"{report.skipped_steps} skipped steps) in {report.seconds:.1f} s; model {report.model}"
+        )
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to the app."""
+    app.command("train", no_args_is_help=True)(train_command)
