@@ -68,10 +68,11 @@ def _root(
 
 
 def _register_commands() -> None:
-    from refdiff_cli.cli import prepare_command, train_command, upscale_command
+    from refdiff_cli.cli import evaluate_command, prepare_command, train_command, upscale_command
 
     upscale_command.register(app)
     train_command.register(app)
+    evaluate_command.register(app)
     prepare_command.register(app)
 
 

@@ -139,3 +139,71 @@ def print_batch_summary(report: Any) -> None:
     console.print(table)
     counts = report.to_dict()["counts"]
     console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+
+
+#: Metric columns of the evaluation table, in order, with their headers and formats.
+_EVAL_COLUMNS = (
+    ("psnr", "PSNR", "{:.2f}"),
+    ("ssim", "SSIM", "{:.4f}"),
+    ("psnr_y", "PSNR-Y", "{:.2f}"),
+    ("ssim_y", "SSIM-Y", "{:.4f}"),
+    ("sam", "SAM", "{:.2f}"),
+    ("ergas", "ERGAS", "{:.3f}"),
+    ("lpips", "LPIPS", "{:.4f}"),
+)
+
+
+def print_evaluation(report: dict[str, Any]) -> None:
+    """Human summary of ``refdiff evaluate`` on stdout: mean metrics per method and region.
+
+    Args:
+        report: ``EvalReport.to_dict()``; a metric column appears when some method defines it.
+    """
+    from rich.table import Table
+
+    console = Console(no_color="NO_COLOR" in os.environ, highlight=False)
+    methods: dict[str, dict[str, dict[str, Any]]] = report["methods"]
+    present = [
+        column
+        for column in _EVAL_COLUMNS
+        if any(
+            region.get(column[0]) is not None
+            for regions in methods.values()
+            for region in regions.values()
+        )
+    ]
+    table = Table(show_edge=False, pad_edge=False, box=None)
+    for header in ("method", "region", "n", *(c[1] for c in present), "s"):
+        left = header in ("method", "region")
+        table.add_column(header, justify="left" if left else "right", no_wrap=True)
+    details = report.get("method_details", {})
+    for name, regions in methods.items():
+        for i, (region, values) in enumerate(regions.items()):
+            cells = [
+                "" if values.get(key) is None else fmt.format(values[key])
+                for key, _, fmt in present
+            ]
+            seconds = details.get(name, {}).get("seconds") if i == 0 else None
+            table.add_row(
+                name if i == 0 else "",
+                region,
+                str(values.get("n_images", "")),
+                *cells,
+                "" if seconds is None else f"{seconds:.1f}",
+            )
+    console.print(table)
+    console.print(
+        "PSNR in dB (an exact region counts as 100), SAM in degrees; n: images with pixels in "
+        "the region; s: seconds the method took"
+    )
+    summary = (
+        f"{report['n_images']} image(s) at x{report['scale']}: {report['counts']['changed']} "
+        f"with changed pixels, {report['counts']['unchanged']} with unchanged pixels"
+    )
+    if report.get("cropped"):
+        summary += f", {report['cropped']} cropped to a multiple of the scale"
+    console.print(summary)
+    for key in ("csv", "figure"):
+        written = report.get(key)
+        if written:
+            console.print(f"{key}: {written['path'] if isinstance(written, dict) else written}")

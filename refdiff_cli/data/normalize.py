@@ -207,9 +207,7 @@ def from_model(x: npt.NDArray[Any], scaling: BandScaling) -> npt.NDArray[np.floa
     return (x.astype(np.float64) + 1.0) / 2.0 * (high - low) + low
 
 
-def cast_to_dtype(
-    values: npt.NDArray[Any], dtype: npt.DTypeLike
-) -> tuple[npt.NDArray[Any], int]:
+def cast_to_dtype(values: npt.NDArray[Any], dtype: npt.DTypeLike) -> tuple[npt.NDArray[Any], int]:
     """Round and clamp values into ``dtype`` (never wrap around) and count the clamped ones.
 
     Writing 300.7 into uint8 stores 44 and -5.0 into uint16 stores 65531 without a warning

@@ -55,6 +55,10 @@ LAYERS: dict[str, int] = {
     "train_state": 3,
     "train_eval": 3,
     "evaluate": 3,
+    "evaluate_options": 3,
+    "evaluate_inputs": 3,
+    "evaluate_methods": 3,
+    "evaluate_report": 3,
 }
 
 

@@ -1,0 +1,227 @@
+"""``refdiff evaluate``: option parsing for the evaluation tool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from refdiff_cli.cli import render
+from refdiff_cli.cli.upscale_command import parse_bands
+from refdiff_cli.config import TilingConfig
+from refdiff_cli.errors import ConfigError
+
+METHODS_HELP = (
+    "Comma-separated engine methods: bicubic (LR upsampling), ref (copy the reference), hpf "
+    "(bicubic + the reference's high-pass detail where unchanged), model (the diffusion "
+    "model) [default: bicubic,ref,hpf, plus model when one is available]."
+)
+
+
+def parse_methods(text: str | None) -> tuple[str, ...] | None:
+    """Parse "bicubic,ref" into ("bicubic", "ref"); None keeps the default."""
+    if text is None:
+        return None
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_sr_dirs(values: list[str]) -> tuple[tuple[str, Path], ...]:
+    """Parse repeated ``NAME=DIR`` values; ConfigError naming a malformed one."""
+    parsed = []
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise ConfigError(
+                f"--sr-dir {value!r} is not NAME=DIR", hint="e.g. --sr-dir esrgan=results/esrgan"
+            )
+        parsed.append((name.strip(), Path(folder.strip())))
+    return tuple(parsed)
+
+
+def parse_figure_images(text: str) -> int | tuple[str, ...]:
+    """A number of figure rows ("4") or comma-separated image names ("a,b")."""
+    stripped = text.strip()
+    if stripped.isdigit():
+        return int(stripped)
+    names = tuple(part.strip() for part in stripped.split(",") if part.strip())
+    if not names:
+        raise ConfigError("--figure-images expects a number or image names like a,b")
+    return names
+
+
+def evaluate_command(
+    ctx: typer.Context,
+    dataset: Annotated[
+        Path,
+        typer.Argument(
+            help="Dataset: a cd folder (A/, B/, label/), a paper folder (HR_512/, Ref/, "
+            "CD_mask/, Bic_LR_D8_32/...) or a CSV of GeoTIFF sets lr,ref,mask,hr.",
+            show_default=False,
+        ),
+    ],
+    layout: Annotated[
+        str, typer.Option("--layout", help="auto, cd, paper or csv (auto: from the path).")
+    ] = "auto",
+    scale: Annotated[
+        int | None,
+        typer.Option(
+            "--scale",
+            help="SR factor [default: the paper layout's LR folder, else the model's, else 8].",
+        ),
+    ] = None,
+    lr_kind: Annotated[
+        str | None,
+        typer.Option("--lr-kind", help="Paper layout: bicubic or real LR folder."),
+    ] = None,
+    methods: Annotated[str | None, typer.Option("--methods", help=METHODS_HELP)] = None,
+    sr_dir: Annotated[
+        list[str],
+        typer.Option(
+            "--sr-dir", help="NAME=DIR: score existing SR images named like the items (repeatable)."
+        ),
+    ] = [],  # noqa: B006
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Model .safetensors file [default: the bundled model].",
+            envvar="REFDIFF_MODEL",
+        ),
+    ] = None,
+    model_sha256: Annotated[
+        str | None,
+        typer.Option("--model-sha256", help="Refuse the model unless its sha256 matches."),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Sampler steps [default: from the model card].")
+    ] = None,
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help="heun or euler [default: from the model card].")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of all random draws; same seed, same numbers.")
+    ] = 0,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", envvar="REFDIFF_DEVICE"),
+    ] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="fp32, bf16 or fp16 (GPU).")
+    ] = "fp32",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per network call.")] = 4,
+    tile: Annotated[
+        int | None,
+        typer.Option("--tile", help="Tile edge in output pixels [default: each engine's]."),
+    ] = None,
+    overlap: Annotated[
+        int | None,
+        typer.Option("--overlap", help="Tile overlap in output pixels [default: each engine's]."),
+    ] = None,
+    bidx: Annotated[
+        str | None, typer.Option("--bidx", "-b", help="CSV sets: LR/HR bands, 1-based.")
+    ] = None,
+    ref_bidx: Annotated[
+        str | None, typer.Option("--ref-bidx", help="CSV sets: reference bands [default: as -b].")
+    ] = None,
+    mask_grid: Annotated[
+        str,
+        typer.Option("--mask-grid", help="CSV sets: 'own', or the 'ref' or 'lr' grid."),
+    ] = "own",
+    mask_encoding: Annotated[
+        str,
+        typer.Option(
+            "--mask-encoding",
+            help="auto (cd: binary, paper: grey codes, CSV: from the values), binary, grey, "
+            "or a class table file.",
+        ),
+    ] = "auto",
+    border: Annotated[
+        int, typer.Option("--border", help="Pixels cropped from every side before metrics.")
+    ] = 0,
+    data_range: Annotated[
+        float | None,
+        typer.Option(
+            "--data-range",
+            help="Peak range for PSNR/SSIM [default: 255 for uint8, else the HR's max - min].",
+        ),
+    ] = None,
+    rgb: Annotated[
+        bool,
+        typer.Option("--rgb/--no-rgb", help="Treat 3-band images as R,G,B (Y-channel metrics)."),
+    ] = True,
+    lpips_weights: Annotated[
+        Path | None,
+        typer.Option("--lpips-weights", help="LPIPS-Alex .safetensors file (else no LPIPS)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Evaluate the first N images only.")
+    ] = None,
+    csv_path: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Write one row per image x method x region to this CSV."),
+    ] = None,
+    figure: Annotated[
+        Path | None, typer.Option("--figure", help="Write a PNG comparison grid here.")
+    ] = None,
+    figure_images: Annotated[
+        str,
+        typer.Option(
+            "--figure-images", help="Figure rows: a number (most changed first) or names a,b."
+        ),
+    ] = "4",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON on stdout.")
+    ] = False,
+) -> int:
+    """Score SR methods on a test set, overall and in changed and unchanged regions.
+
+    Example: refdiff evaluate data/levir --scale 8 --methods bicubic,ref,hpf --json
+    """
+    from refdiff_cli.evaluate import evaluate
+    from refdiff_cli.evaluate_options import EvalOptions
+
+    options = EvalOptions(
+        methods=parse_methods(methods),
+        sr_dirs=parse_sr_dirs(sr_dir),
+        layout=layout,  # type: ignore[arg-type]
+        scale=scale,
+        lr_kind=lr_kind,  # type: ignore[arg-type]
+        mask_encoding=mask_encoding,
+        bands=parse_bands(bidx, "-b/--bidx"),
+        ref_bands=parse_bands(ref_bidx, "--ref-bidx"),
+        mask_grid=mask_grid,  # type: ignore[arg-type]
+        model=model,
+        model_sha256=model_sha256,
+        steps=steps,
+        sampler=sampler,  # type: ignore[arg-type]
+        seed=seed,
+        device=device,
+        precision=precision,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        tiling=TilingConfig(tile_px=tile, overlap_px=overlap),
+        border=border,
+        data_range=data_range,
+        rgb=rgb,
+        lpips_weights=lpips_weights,
+        limit=limit,
+        csv_path=csv_path,
+        figure_path=figure,
+        figure_images=parse_figure_images(figure_images),
+    )
+    verbosity = ctx.obj["verbosity"] if ctx.obj else 0
+    progress = render.ProgressRenderer(enabled=verbosity >= 0)
+    try:
+        report = evaluate(dataset, options, on_event=progress)
+    finally:
+        progress.close()
+    if as_json:
+        render.print_json(report.to_dict())
+    else:
+        render.print_evaluation(report.to_dict())
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to the app."""
+    app.command("evaluate", no_args_is_help=True)(evaluate_command)
