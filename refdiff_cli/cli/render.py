@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -137,8 +138,28 @@ def print_batch_summary(report: Any) -> None:
             f"{item.seconds:.1f}",
         )
     console.print(table)
+    for item in report.items:
+        if item.status == "dry-run" and item.report is not None:
+            console.print(_plan_line(item.report))
     counts = report.to_dict()["counts"]
     console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+
+
+def _plan_line(r: Any) -> str:
+    """What a dry run found for one output: grid, tiles, sizes, memory."""
+    a, b, c, d, e, f = r.transform
+    return (
+        f"{r.output}: {r.width} x {r.height} px x {r.bands} bands {r.dtype}, {r.crs}, "
+        f"pixel {math.hypot(a, d):g} x {math.hypot(b, e):g}, origin ({c:.3f}, {f:.3f}); "
+        f"{r.tiles} tile(s), {r.tile_px} px with {r.overlap_px} px overlap; "
+        f"{_size(r.output_bytes_raw)} uncompressed, {_size(r.free_bytes)} free; "
+        f"peak memory about {_size(r.peak_memory_estimate_bytes)}"
+    )
+
+
+def _size(count: int) -> str:
+    """Bytes in a readable unit (MiB below 1 GiB)."""
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 #: Metric columns of the evaluation table, in order, with their headers and formats.

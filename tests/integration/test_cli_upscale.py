@@ -344,3 +344,12 @@ def test_usage_error_exit_code(triplet: dict[str, Path], tmp_path: Path) -> None
     result = run_cli([*upscale_args(triplet, tmp_path / "o.tif"), "--bidx", "x"])
     assert result.returncode == 2
     assert "-b/--bidx" in result.stderr
+
+
+def test_dry_run_prints_the_plan_for_people(triplet: dict[str, Path], tmp_path: Path) -> None:
+    result = run_cli([*upscale_args(triplet, tmp_path / "sr.tif"), "--dry-run"])
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "256 x 192 px x 3 bands uint8, EPSG:32633, pixel 0.5 x 0.5" in text
+    assert "uncompressed" in text and "free" in text and "peak memory about" in text
+    assert not (tmp_path / "sr.tif").exists()
