@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_type_hints
 
 from refdiff_cli.errors import ConfigError
+from refdiff_cli.files import atomic_path
 
 SamplerName = Literal["heun", "euler"]
 StartName = Literal["noise", "lr"]
@@ -191,9 +192,8 @@ def load_file(path: Path) -> dict[str, Any]:
 
 def save_json(obj: Any, path: Path) -> None:
     """Write a resolved options dataclass as pretty JSON (atomic: temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    with atomic_path(path) as temp:
+        temp.write_text(json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 EngineName = Literal["auto", "diffusion", "bicubic"]

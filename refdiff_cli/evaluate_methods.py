@@ -21,8 +21,7 @@ import torch
 from refdiff_cli.config import UpscaleOptions
 from refdiff_cli.data import normalize
 from refdiff_cli.data.degrade import downscale_bicubic, upsample
-from refdiff_cli.data.normalize import Normalization
-from refdiff_cli.engines import Engine, EngineBatch
+from refdiff_cli.engines import BicubicEngine, Engine, EngineBatch
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.evaluate_inputs import Sample
 from refdiff_cli.geo import read
@@ -107,36 +106,24 @@ def _slices(window: PixelWindow, shape: tuple[int, ...]) -> tuple[slice, slice]:
     return slice(window.row_off, window.row_end), slice(window.col_off, window.col_end)
 
 
-class RefEngine:
+class RefEngine(BicubicEngine):
     """Copy the reference: an upper bound in unchanged areas, a lower bound in changed ones.
 
     The copy happens in model space, so for uint8 data (fixed 0..255 scaling) the output is the
     reference's DN exactly; for other types the reference is linearly matched to the LR's
     percentile range (its own [p_low, p_high] becomes the LR's). Where the reference has no
-    data (or the mask none), the output falls back to bicubic upsampling of the LR.
+    data (or the mask none), the output falls back to bicubic upsampling of the LR, whose
+    reach (2 LR pixels) sets the blend margin.
     """
 
     name = "ref"
-    sha256: str | None = None
-    bands: int | None = None
-    size_multiple = 1
-    normalization = Normalization()
-
-    def __init__(self, scale: int) -> None:
-        self.scale = scale
-        self.margin_px = 2 * scale  # the bicubic fallback reaches 2 LR pixels
-        self.overlap_px = 8 * scale
-        self.tile_px = 64 * scale
 
     def __call__(self, batch: EngineBatch) -> torch.Tensor:
-        lr_up = upsample(batch.lr.float(), self.scale, clamp=False)  # (B, C, H, W)
+        lr_up = super().__call__(batch)  # (B, C, H, W)
         return torch.where(batch.ref_valid, batch.ref.float(), lr_up)
 
-    def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "scale": self.scale}
 
-
-class HighPassEngine:
+class HighPassEngine(BicubicEngine):
     """LR_up plus the reference's high-pass detail in unchanged areas (pan-sharpening transfer).
 
     ``SR = LR_up + (1 - M) * (Ref - up(down(Ref)))`` with the bicubic down/up of
@@ -146,16 +133,11 @@ class HighPassEngine:
     """
 
     name = "hpf"
-    sha256: str | None = None
-    bands: int | None = None
-    size_multiple = 1
-    normalization = Normalization()
 
     def __init__(self, scale: int) -> None:
-        self.scale = scale
+        super().__init__(scale)
         self.margin_px = 4 * scale
         self.overlap_px = 12 * scale
-        self.tile_px = 64 * scale
 
     def __call__(self, batch: EngineBatch) -> torch.Tensor:
         s = self.scale
@@ -164,9 +146,6 @@ class HighPassEngine:
         ref_low = upsample(downscale_bicubic(ref, s), s, clamp=False)  # (B, C, H, W)
         unchanged = (batch.mask <= 0) & batch.ref_valid  # (B, 1, H, W)
         return (lr_up + unchanged.double() * (ref - ref_low)).float()
-
-    def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "scale": self.scale}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import signal
 import threading
@@ -25,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from refdiff_cli.errors import ConfigError, ModelError, OutputError
+from refdiff_cli.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -100,19 +100,10 @@ def save_checkpoint(path: Path, tensors: Mapping[str, torch.Tensor], meta: dict[
         DIGEST_KEY: tensors_digest(cpu),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        save_file(cpu, str(tmp), metadata=metadata)
-        with tmp.open("rb") as stream:
-            os.fsync(stream.fileno())
-        tmp.replace(path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with atomic_path(path) as temp:
+            save_file(cpu, str(temp), metadata=metadata)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(
             f"cannot write checkpoint {path}: {exc.strerror or exc}",
             hint="free disk space; the previous checkpoints are untouched",

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from refdiff_cli.cli import options as shared
 from refdiff_cli.cli import render
 from refdiff_cli.cli.upscale_command import parse_bands
 from refdiff_cli.config import TilingConfig
@@ -81,35 +82,14 @@ def evaluate_command(
             "--sr-dir", help="NAME=DIR: score existing SR images named like the items (repeatable)."
         ),
     ] = [],  # noqa: B006
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            help="Model .safetensors file [default: the bundled model].",
-            envvar="REFDIFF_MODEL",
-        ),
-    ] = None,
-    model_sha256: Annotated[
-        str | None,
-        typer.Option("--model-sha256", help="Refuse the model unless its sha256 matches."),
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option("--steps", help="Sampler steps [default: from the model card].")
-    ] = None,
-    sampler: Annotated[
-        str | None, typer.Option("--sampler", help="heun or euler [default: from the model card].")
-    ] = None,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of all random draws; same seed, same numbers.")
-    ] = 0,
-    device: Annotated[
-        str,
-        typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", envvar="REFDIFF_DEVICE"),
-    ] = "auto",
-    precision: Annotated[
-        str, typer.Option("--precision", help="fp32, bf16 or fp16 (GPU).")
-    ] = "fp32",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per network call.")] = 4,
+    model: shared.Model = None,
+    model_sha256: shared.ModelSha256 = None,
+    steps: shared.Steps = None,
+    sampler: shared.Sampler = None,
+    seed: shared.Seed = 0,
+    device: shared.Device = "auto",
+    precision: shared.Precision = "fp32",
+    batch_size: shared.BatchSize = 4,
     tile: Annotated[
         int | None,
         typer.Option("--tile", help="Tile edge in output pixels [default: each engine's]."),
@@ -121,9 +101,7 @@ def evaluate_command(
     bidx: Annotated[
         str | None, typer.Option("--bidx", "-b", help="CSV sets: LR/HR bands, 1-based.")
     ] = None,
-    ref_bidx: Annotated[
-        str | None, typer.Option("--ref-bidx", help="CSV sets: reference bands [default: as -b].")
-    ] = None,
+    ref_bidx: shared.RefBidx = None,
     mask_grid: Annotated[
         str,
         typer.Option("--mask-grid", help="CSV sets: 'own', or the 'ref' or 'lr' grid."),
@@ -170,9 +148,7 @@ def evaluate_command(
             "--figure-images", help="Figure rows: a number (most changed first) or names a,b."
         ),
     ] = "4",
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the report as JSON on stdout.")
-    ] = False,
+    as_json: shared.Json = False,
 ) -> int:
     """Score SR methods on a test set, overall and in changed and unchanged regions.
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from refdiff_cli.cli import options as shared
 from refdiff_cli.cli import render
 from refdiff_cli.config import SAMPLER_PRESETS, TilingConfig, UpscaleOptions
 from refdiff_cli.errors import ConfigError
@@ -95,34 +96,16 @@ def upscale_command(
     engine: Annotated[
         str, typer.Option("--engine", help=ENGINE_HELP, envvar="REFDIFF_ENGINE")
     ] = "auto",
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            help="Model .safetensors file [default: the bundled model].",
-            envvar="REFDIFF_MODEL",
-        ),
-    ] = None,
-    model_sha256: Annotated[
-        str | None,
-        typer.Option(
-            "--model-sha256",
-            help="Refuse the model unless its sha256 matches.",
-            envvar="REFDIFF_MODEL_SHA256",
-        ),
-    ] = None,
+    model: shared.Model = None,
+    model_sha256: shared.ModelSha256 = None,
     scale: Annotated[
         int | None,
         typer.Option(
             "--scale", help="Scale factor (bicubic engine; must match the model otherwise)."
         ),
     ] = None,
-    steps: Annotated[
-        int | None, typer.Option("--steps", help="Sampler steps [default: from the model card].")
-    ] = None,
-    sampler: Annotated[
-        str | None, typer.Option("--sampler", help="heun or euler [default: from the model card].")
-    ] = None,
+    steps: shared.Steps = None,
+    sampler: shared.Sampler = None,
     sampler_preset: Annotated[
         str | None,
         typer.Option(
@@ -140,24 +123,10 @@ def upscale_command(
     churn: Annotated[
         float | None, typer.Option("--churn", help="EDM S_churn (0 = deterministic ODE sampling).")
     ] = None,
-    seed: Annotated[
-        int,
-        typer.Option(
-            "--seed", help="Seed of all random draws; same seed, same bytes.", envvar="REFDIFF_SEED"
-        ),
-    ] = 0,
-    device: Annotated[
-        str,
-        typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", envvar="REFDIFF_DEVICE"),
-    ] = "auto",
-    precision: Annotated[
-        str,
-        typer.Option("--precision", help="fp32, bf16 or fp16 (GPU).", envvar="REFDIFF_PRECISION"),
-    ] = "fp32",
-    batch_size: Annotated[
-        int,
-        typer.Option("--batch-size", help="Tiles per network call.", envvar="REFDIFF_BATCH_SIZE"),
-    ] = 4,
+    seed: shared.Seed = 0,
+    device: shared.Device = "auto",
+    precision: shared.Precision = "fp32",
+    batch_size: shared.BatchSize = 4,
     tile: Annotated[
         int | None,
         typer.Option("--tile", help="Tile edge in output pixels [default: from the model card]."),
@@ -177,9 +146,7 @@ def upscale_command(
     bidx: Annotated[
         str | None, typer.Option("--bidx", "-b", help="LR bands to use, 1-based, e.g. 3,2,1.")
     ] = None,
-    ref_bidx: Annotated[
-        str | None, typer.Option("--ref-bidx", help="Reference bands, 1-based [default: as -b].")
-    ] = None,
+    ref_bidx: shared.RefBidx = None,
     mask_grid: Annotated[
         str,
         typer.Option(
@@ -200,9 +167,7 @@ def upscale_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and plan only: grid, tiles, sizes, memory.")
     ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary on stdout.")
-    ] = False,
+    as_json: shared.Json = False,
 ) -> int:
     """Super-resolve LR raster(s) with a reference and a change mask into georeferenced GeoTIFF(s).
 

@@ -27,9 +27,9 @@ from refdiff_cli.data.shards import (
     SHARD_RE,
     SPLITS,
     ShardWriter,
-    file_sha256,
 )
 from refdiff_cli.errors import InputError
+from refdiff_cli.files import file_sha256
 
 __all__ = ["Chip", "ChipDataset", "ShardWriter", "TrainBatch", "dihedral", "make_batch"]
 

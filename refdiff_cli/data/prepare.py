@@ -33,10 +33,11 @@ from refdiff_cli.data.prepare_sources import (
     channel_encoding,
     discover,
 )
-from refdiff_cli.data.shards import MANIFEST, SHARD_RE, SPLITS, ShardWriter, file_sha256
+from refdiff_cli.data.shards import MANIFEST, SHARD_RE, SPLITS, ShardWriter
 from refdiff_cli.data.synthesize import SynthesisConfig
 from refdiff_cli.errors import ConfigError, InputError, OutputError
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
+from refdiff_cli.files import file_sha256
 from refdiff_cli.tiling import PixelWindow
 
 logger = logging.getLogger(__name__)

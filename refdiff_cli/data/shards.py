@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from refdiff_cli import __version__
 from refdiff_cli.errors import OutputError
+from refdiff_cli.files import atomic_path, fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -32,23 +33,6 @@ SPLITS = ("train", "val")
 #: Shard folder names: split, dash, five-digit index.
 SHARD_RE = re.compile(r"^(train|val)-(\d{5})$")
 PREPARE_HINT = "re-create the chips folder with `refdiff prepare`"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _HashingWriter:
@@ -225,9 +209,9 @@ class ShardWriter:
                     stream.flush()
                     os.fsync(stream.fileno())
                 files[f"{key}.npy"] = writer.digest.hexdigest()
-            _fsync_dir(tmp)
+            fsync_path(tmp, directory=True)
             tmp.rename(self.root / name)
-            _fsync_dir(self.root)
+            fsync_path(self.root, directory=True)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise OutputError(f"cannot write shard {self.root / name}: {exc}") from exc
@@ -277,16 +261,10 @@ class ShardWriter:
         }
         text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
         path = self.root / MANIFEST
-        tmp = self.root / f".{MANIFEST}.{os.getpid()}.tmp"
         try:
-            with tmp.open("w", encoding="utf-8") as stream:
-                stream.write(text)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(self.root)
+            with atomic_path(path) as temp:
+                temp.write_text(text, encoding="utf-8")
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise OutputError(f"cannot write {path}: {exc}") from exc
         self._finished = True
         return path

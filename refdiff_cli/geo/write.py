@@ -27,6 +27,7 @@ import rasterio.shutil
 from rasterio.windows import Window
 
 from refdiff_cli.errors import ConfigError, OutputError
+from refdiff_cli.files import fsync_path
 from refdiff_cli.geo import profiles
 from refdiff_cli.geo.env import rasterio_env
 
@@ -478,7 +479,7 @@ class RasterWriter:
     def _publish(self, final: Path) -> None:
         """fsync ``final``, move it under the output name (no clobber), fsync the folder."""
         try:
-            _fsync_path(final, directory=False)
+            fsync_path(final)
             if self.overwrite:
                 os.replace(final, self.out)
             else:
@@ -494,7 +495,7 @@ class RasterWriter:
                     os.replace(final, self.out)
                 else:
                     os.unlink(final)
-            _fsync_path(self._folder, directory=True)
+            fsync_path(self._folder, directory=True)
         except FileExistsError as exc:
             raise OutputError(
                 f"{self.out} appeared while it was being written; the new result was discarded",
@@ -626,12 +627,3 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
-
-
-def _fsync_path(path: Path, *, directory: bool) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

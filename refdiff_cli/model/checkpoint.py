@@ -7,8 +7,6 @@ code. Pickle-based files (``.pt``, ``.pkl``, ``.ckpt``) can, and are refused out
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 import struct
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from refdiff_cli.errors import ModelError, OutputError
+from refdiff_cli.files import atomic_path, file_sha256
 from refdiff_cli.model.card import CARD_METADATA_KEY, ModelCard
 from refdiff_cli.model.network import NetworkConfig, RefDiffUNet
 from refdiff_cli.model.precond import EDMPrecond
@@ -46,15 +45,6 @@ class LoadedModel:
     path: Path
 
 
-def file_sha256(path: Path) -> str:
-    """Return the hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_model(path: Path, net: torch.nn.Module, card: ModelCard) -> str:
     """Write ``net``'s weights and ``card`` to ``path`` atomically; return the file's sha256.
 
@@ -63,14 +53,10 @@ def save_model(path: Path, net: torch.nn.Module, card: ModelCard) -> str:
     """
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     _check_finite(tensors, path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        save_file(tensors, str(tmp), metadata={CARD_METADATA_KEY: card.to_json()})
-        with tmp.open("rb") as stream:
-            os.fsync(stream.fileno())
-        tmp.replace(path)
+        with atomic_path(path) as temp:
+            save_file(tensors, str(temp), metadata={CARD_METADATA_KEY: card.to_json()})
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write model file {path}: {exc.strerror or exc}") from exc
     return file_sha256(path)
 

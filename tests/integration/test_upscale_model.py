@@ -17,7 +17,7 @@ from refdiff_cli.data import masks, normalize
 from refdiff_cli.diffusion.noise import PixelNoise, make_noise_fn
 from refdiff_cli.diffusion.sampler import initial_state, sample
 from refdiff_cli.engines import EngineBatch
-from refdiff_cli.model.checkpoint import file_sha256
+from refdiff_cli.files import file_sha256
 from refdiff_cli.tiling import TilePlan, plan_tiles
 from refdiff_cli.upscale import ModelSpace, sr_strips
 from tests.conftest import SAMPLE_DATA, run_cli, write_tiny_model

@@ -15,9 +15,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from refdiff_cli.errors import ModelError
+from refdiff_cli.files import file_sha256
 from refdiff_cli.model import checkpoint
 from refdiff_cli.model.card import CARD_METADATA_KEY
-from refdiff_cli.model.checkpoint import file_sha256, load_model, read_card, save_model
+from refdiff_cli.model.checkpoint import load_model, read_card, save_model
 from refdiff_cli.model.network import PRESETS, RefDiffUNet
 from tests.conftest import tiny_card, write_tiny_model
 

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "config": 0,
     "events": 0,
+    "files": 0,
     "tiling": 1,
     "metrics": 1,
     "data/normalize": 1,
