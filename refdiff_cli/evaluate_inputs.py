@@ -283,13 +283,7 @@ def load_geo_sample(
         percentiles=DEFAULT_PERCENTILES,
     )
     out_grid = geogrid.upscaled(sources.lr_grid, scale)
-    values = sources.mask_scan.values
-    if mask_encoding == "auto" and values is None:
-        raise InputError(
-            f"mask {row['mask']} has more than {read.MAX_MASK_VALUES} distinct values",
-            hint="pass --mask-encoding binary (>= 0.5 is changed) or a class table",
-        )
-    encoding = masks.resolve_encoding(mask_encoding, values, source=str(row["mask"]))
+    encoding = read.mask_encoding(sources, mask_encoding)
     lr, lr_valid = read.read_full(sources.lr, sources.lr_bands)  # (C, h, w), (h, w)
     whole = PixelWindow(0, 0, out_grid.height, out_grid.width)
     with read.SourceReader(sources, out_grid) as reader:

@@ -259,18 +259,11 @@ def tile_plan(shape: tuple[int, int], engine: Engine, options: UpscaleOptions) -
 
 def model_space(sources: read.Sources, mask_encoding: str) -> ModelSpace:
     """The scalings and mask encoding of one run, from what the preflight decoded."""
-    mask_name = str(sources.mask.path)
-    values = sources.mask_scan.values
-    if mask_encoding == "auto" and values is None:
-        raise InputError(
-            f"mask {mask_name} has more than {read.MAX_MASK_VALUES} distinct values",
-            hint="pass --mask-encoding binary (>= 0.5 is changed) or a class table",
-        )
     return ModelSpace(
         lr=normalize.scaling_for(sources.lr.dtype, sources.lr_scan.percentiles),
         ref=normalize.scaling_for(sources.ref.dtype, sources.ref_scan.percentiles),
-        mask=masks.resolve_encoding(mask_encoding, values, source=mask_name),
-        mask_source=mask_name,
+        mask=read.mask_encoding(sources, mask_encoding),
+        mask_source=str(sources.mask.path),
     )
 
 

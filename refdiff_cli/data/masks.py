@@ -30,7 +30,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 MaskKind = Literal["binary", "classes", "grey"]
 MASK_KINDS: tuple[MaskKind, ...] = ("binary", "classes", "grey")
+
+#: At most this fraction of a 0/255 mask's pixels may hold other values for it to be read as
+#: binary with anti-aliased edges.
+ANTIALIAS_FRACTION = 0.01
 
 _TRUE = {"true", "yes", "1", "changed", "y", "t"}
 _FALSE = {"false", "no", "0", "unchanged", "n", "f"}
@@ -277,10 +281,15 @@ def changed(
     return np.asarray(result & valid, dtype=bool)
 
 
-def infer_encoding(unique_values: Iterable[float], *, source: str = "mask") -> MaskEncoding:
+def infer_encoding(
+    unique_values: Iterable[float] | Mapping[float, int], *, source: str = "mask"
+) -> MaskEncoding:
     """Guess the encoding from a mask's distinct values (the CLI's ``--mask-encoding auto``).
 
-    Rules: values within {0, 1} or within {0, 255} (bool included) -> binary; non-integer
+    Rules: values within {0, 1} or within {0, 255} (bool included) -> binary; a 0/255 mask
+    whose other values cover at most ``ANTIALIAS_FRACTION`` of its pixels (anti-aliased edges
+    of a drawn mask; needs ``unique_values`` as a value -> pixel count mapping) -> binary,
+    every non-zero value changed; non-integer
     values all within [0, 1] -> binary (a fraction/probability map, changed >= 0.5); 3 to 8
     integer codes within 0..255 including 0 and reaching at least 16 -> grey with 0 as
     "unchanged" (what the paper's grey class codes look like; a warning says so); anything
@@ -298,6 +307,18 @@ def infer_encoding(unique_values: Iterable[float], *, source: str = "mask") -> M
     as_set = set(values.tolist())
     if as_set <= {0.0, 1.0} or as_set <= {0.0, 255.0}:
         return BINARY
+    if isinstance(unique_values, Mapping) and {0.0, 255.0} <= as_set:
+        counts = {float(v): int(n) for v, n in unique_values.items()}
+        total = sum(counts.values())
+        stray = total - counts[0.0] - counts[255.0]
+        if total and stray <= ANTIALIAS_FRACTION * total:
+            logger.info(
+                "%s: a 0/255 mask with %d pixels of other values (anti-aliased edges); "
+                "reading every non-zero value as changed",
+                source,
+                stray,
+            )
+            return BINARY
     integers = bool(np.all(values == np.round(values)))
     if not integers and values.min() >= 0 and values.max() <= 1:
         logger.info("%s: fractional values in [0, 1]; reading changed as value >= 0.5", source)
@@ -444,13 +465,17 @@ def load_class_table(path: Path) -> MaskEncoding:
 
 
 def resolve_encoding(
-    option: str, unique_values: Iterable[float] | None = None, *, source: str = "mask"
+    option: str,
+    unique_values: Iterable[float] | Mapping[float, int] | None = None,
+    *,
+    source: str = "mask",
 ) -> MaskEncoding:
     """The encoding named by ``--mask-encoding``: "auto", "binary", "grey" or a table path.
 
     Args:
         option: the option value.
-        unique_values: the mask's distinct values, needed by "auto".
+        unique_values: the mask's distinct values (or value -> pixel count), needed by
+            "auto".
         source: name of the mask file, for messages.
 
     Returns:

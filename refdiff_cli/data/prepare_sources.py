@@ -120,13 +120,7 @@ def _paper_lr(src: Path, scale: int) -> layouts.LrKind | None:
 
 
 def _inferred_encoding(geo: read.Sources) -> masks.MaskEncoding:
-    values, source = geo.mask_scan.values, str(geo.mask.path)
-    if values is None:
-        raise InputError(
-            f"mask {source} has more than {read.MAX_MASK_VALUES} distinct values",
-            hint="pass --mask-encoding binary (>= 0.5 is changed) or a class table",
-        )
-    return masks.resolve_encoding("auto", values, source=source)
+    return read.mask_encoding(geo, "auto")
 
 
 def discover(

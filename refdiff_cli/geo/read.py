@@ -22,6 +22,7 @@ from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 
+from refdiff_cli.data import masks
 from refdiff_cli.data.normalize import PercentileAccumulator
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo.env import rasterio_env
@@ -239,7 +240,7 @@ class Scan:
     valid_pixels: int
     total_pixels: int
     percentiles: tuple[tuple[float, float], ...]
-    values: tuple[float, ...] | None  # distinct valid values of band 1 (masks), None if many
+    values: dict[float, int] | None  # band 1 value -> valid pixel count (masks); None if many
 
 
 def scan(
@@ -269,7 +270,7 @@ def scan(
     win = window or PixelWindow(0, 0, height, width)
     step = max(1, SCAN_CHUNK_PIXELS // max(1, win.width * len(bands)))
     stats = PercentileAccumulator(info.dtype, len(bands), pixels=win.height * win.width)
-    values: set[float] | None = set() if distinct else None
+    values: dict[float, int] | None = {} if distinct else None
     valid_total = 0
     with open_geotiff(info.path, info.role) as src:
         for row in range(win.row_off, win.row_end, step):
@@ -279,7 +280,9 @@ def scan(
             valid_total += int(np.count_nonzero(valid))
             stats.add(data, valid)
             if values is not None:
-                values.update(np.unique(data[0][valid]).tolist())
+                found, counts = np.unique(data[0][valid], return_counts=True)
+                for value, count in zip(found.tolist(), counts.tolist(), strict=True):
+                    values[value] = values.get(value, 0) + count
                 if len(values) > MAX_MASK_VALUES:
                     values = None
     if valid_total == 0:
@@ -292,7 +295,7 @@ def scan(
         valid_pixels=valid_total,
         total_pixels=win.height * win.width,
         percentiles=stats.percentiles(percentiles),
-        values=None if values is None else tuple(sorted(values)),
+        values=values,
     )
 
 
@@ -371,6 +374,22 @@ class Sources:
             if now != info.stamp:
                 changed.append(info.path)
         return changed
+
+
+def mask_encoding(sources: Sources, option: str) -> masks.MaskEncoding:
+    """The mask's encoding per ``--mask-encoding``; "auto" uses the preflight's value counts.
+
+    Raises:
+        InputError: "auto" for a mask with more distinct values than a class map has.
+    """
+    source = str(sources.mask.path)
+    values = sources.mask_scan.values
+    if option == "auto" and values is None:
+        raise InputError(
+            f"mask {source} has more than {MAX_MASK_VALUES} distinct values",
+            hint="pass --mask-encoding binary (>= 0.5 is changed) or a class table",
+        )
+    return masks.resolve_encoding(option, values, source=source)
 
 
 def open_sources(

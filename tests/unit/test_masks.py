@@ -313,3 +313,10 @@ def test_real_change_labels(shared_data: Path) -> None:
     )
     with pytest.raises(InputError, match="values 0, 1, 4"):
         infer_encoding(np.unique(multiclass))
+
+
+def test_anti_aliased_binary_masks_are_recognised_from_pixel_counts() -> None:
+    assert infer_encoding({0.0: 9_900, 255.0: 95, 128.0: 3, 21.0: 2}) == BINARY
+    # The same values without counts, or with many mid values, are not binary.
+    assert infer_encoding([0.0, 128.0, 255.0]) != BINARY
+    assert infer_encoding({0.0: 500, 255.0: 400, 128.0: 100}) != BINARY
