@@ -21,7 +21,7 @@ from refdiff_cli.diffusion.noise import PixelNoise, make_noise_fn
 from refdiff_cli.diffusion.sampler import initial_state, sample
 from refdiff_cli.errors import ConfigError
 from refdiff_cli.model.checkpoint import LoadedModel
-from refdiff_cli.model.precond import Conditioning, make_conditioning
+from refdiff_cli.model.precond import Conditioning, image_from_target, make_conditioning
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,13 @@ class DiffusionEngine:
         self.overlap_px = card.overlap_px
         self.size_multiple = math.lcm(card.scale, model.denoiser.net.config.size_multiple)
         self.normalization = Normalization.from_dict(card.normalization)
+        self.target = card.target
+        if self.target == "residual" and sampler.start == "lr":
+            raise ConfigError(
+                "--start lr begins the chain at sigma_max x LR_up, but this model generates "
+                "the residual HR - LR_up",
+                hint="use --start noise",
+            )
         self.denoiser = model.denoiser.to(device)
         self.network_batch = 1 if device.type == "cpu" else None  # None: the whole batch
         if device.type == "cpu" and precision == "fp16":
@@ -196,7 +203,7 @@ class DiffusionEngine:
             raise RuntimeError(
                 f"the model produced non-finite values for the tiles at {batch.origins}"
             )
-        return out.float().cpu()
+        return image_from_target(out, lr_up, self.target).float().cpu()
 
     def _sample(
         self,

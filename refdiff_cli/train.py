@@ -30,7 +30,12 @@ from refdiff_cli.errors import Interrupted, TrainingDiverged
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
 from refdiff_cli.model.checkpoint import save_model
 from refdiff_cli.model.network import RefDiffUNet
-from refdiff_cli.model.precond import Conditioning, EDMPrecond, make_conditioning
+from refdiff_cli.model.precond import (
+    Conditioning,
+    EDMPrecond,
+    diffusion_target,
+    make_conditioning,
+)
 from refdiff_cli.train_eval import (
     LR_UPSAMPLE,
     build_card,
@@ -103,12 +108,12 @@ class _Trainer:
         self.stats_path = run_dir / "stats.jsonl"
         self.net = RefDiffUNet(plan.network, seed=self.config.seed).to(plan.device).train()
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
-        self.denoiser = EDMPrecond(self.net, sigma_data=0.5)
+        self.denoiser = EDMPrecond(self.net, sigma_data=self.config.target_sigma_data)
         self.optimizer = torch.optim.Adam(
             self.net.parameters(), lr=self.config.lr, betas=self.config.betas, eps=self.config.eps
         )
         self.model: torch.nn.Module = self.denoiser  # DDP-wrapped under torchrun
-        self.loss_fn = EDMLoss()
+        self.loss_fn = EDMLoss(sigma_data=self.config.target_sigma_data)
         self.step = self.start_step = 0
         self.skipped = self.bad_streak = 0
         self.first_bad: int | None = None
@@ -262,8 +267,9 @@ class _Trainer:
         forked = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=forked):
             torch.manual_seed(ts.derive_seed("dropout", cfg.seed, step, plan.rank))
+            y = diffusion_target(hr, cond.lr_up, cfg.target)  # (b, C, c, c)
             per_pixel = edm_loss_per_item(
-                self.loss_fn, self._denoise, hr, cond, loss_gens, hr_valid
+                self.loss_fn, self._denoise, y, cond, loss_gens, hr_valid
             )  # (b, C, c, c)
             loss = masked_mean(per_pixel, hr_valid)
         if plan.world_size > 1:
@@ -372,7 +378,7 @@ class _Trainer:
     def _validate(self) -> None:
         if not self.main or self.plan.val is None:
             return
-        ema = EDMPrecond(self.ema, sigma_data=0.5).eval()
+        ema = EDMPrecond(self.ema, sigma_data=self.config.target_sigma_data).eval()
         scores = validate(
             ema, self.plan.val, self.config, device=self.plan.device, dtype=self.plan.dtype
         )

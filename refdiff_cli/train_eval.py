@@ -18,7 +18,13 @@ from refdiff_cli.diffusion.sampler import sample
 from refdiff_cli.metrics import PSNR_CAP_DB, psnr
 from refdiff_cli.model.card import ModelCard
 from refdiff_cli.model.network import NetworkConfig
-from refdiff_cli.model.precond import Conditioning, EDMPrecond, make_conditioning
+from refdiff_cli.model.precond import (
+    Conditioning,
+    EDMPrecond,
+    diffusion_target,
+    image_from_target,
+    make_conditioning,
+)
 from refdiff_cli.train_state import generator_for
 
 #: The one LR_up interpolation of training and inference (recorded in the card).
@@ -150,7 +156,7 @@ def validate(
     valid HR pixels) of a deterministic ``val_sampler_steps``-step Heun sample and of LR_up.
     """
     n = min(config.val_chips, len(dataset))
-    loss_fn = EDMLoss()
+    loss_fn = EDMLoss(sigma_data=config.target_sigma_data)
     sampler = SamplerConfig(sampler="heun", steps=config.val_sampler_steps, S_churn=0.0)
     losses = {s: 0.0 for s in VAL_SIGMAS}
     psnr_sample: list[float] = []
@@ -173,7 +179,7 @@ def validate(
             mask=crops.mask.to(device),
             ref_valid=crops.ref_valid.to(device),
         )
-        y = torch.where(valid, hr, torch.zeros_like(hr))
+        y = torch.where(valid, diffusion_target(hr, lr_up, config.target), torch.zeros_like(hr))
         eps = torch.cat([_normal(hr[:1], "val-noise", config.seed, i) for i in ids]).to(device)
         # All noise levels in one network call: item j * b + i is chip i at VAL_SIGMAS[j].
         k, b = len(VAL_SIGMAS), len(ids)
@@ -202,7 +208,7 @@ def validate(
         def no_noise(_: int, z: torch.Tensor = zeros) -> torch.Tensor:
             return z  # churn 0: the sampler never draws noise
 
-        out = sample(sampler, denoise, x_T, noise=no_noise)
+        out = image_from_target(sample(sampler, denoise, x_T, noise=no_noise), lr_up, config.target)
         for k in range(len(ids)):
             region = valid[k, 0].cpu().numpy()
             target = hr[k].cpu().numpy()
@@ -289,7 +295,8 @@ def build_card(
         tile_px=tile,
         overlap_px=overlap,
         margin_px=margin,
-        sigma_data=0.5,
+        sigma_data=config.target_sigma_data,
+        target=config.target,
         sampler=to_dict(CARD_SAMPLER),
         training=training,
         refdiff_version=__version__,

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-env.sh
 . .venv/bin/activate
-ruff check refdiff_cli tests benchmarks sample_data
-ruff format --check refdiff_cli tests benchmarks sample_data
+ruff check refdiff_cli tests benchmarks sample_data scripts
+ruff format --check refdiff_cli tests benchmarks sample_data scripts
 mypy
 python -m pytest "$@"

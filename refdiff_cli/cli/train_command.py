@@ -51,6 +51,13 @@ def train_command(
         str | None,
         typer.Option("--lr-method", help="LR images: realistic, bicubic or stored (the chips')."),
     ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="What the model generates: hr (the paper) or residual (HR - LR_up).",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of every random draw.")] = None,
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
@@ -88,6 +95,7 @@ def train_command(
             "crop_px": crop,
             "lr": lr,
             "lr_method": lr_method,
+            "target": target,
             "seed": seed,
             "device": device,
             "precision": precision,

@@ -8,6 +8,7 @@ from typing import Any
 
 from refdiff_cli.config import SamplerConfig, from_dict, to_dict
 from refdiff_cli.errors import ModelError
+from refdiff_cli.model.precond import TARGETS
 
 CARD_FORMAT = "refdiff-model"
 CARD_FORMAT_VERSION = 1
@@ -34,7 +35,11 @@ class ModelCard:
         train_tile_px: HR tile edge used in training (pixels).
         tile_px, overlap_px, margin_px: default inference tiling (output pixels); margin_px is the
             blend margin, the network's effective receptive reach near a tile edge.
-        sigma_data: EDM's data standard deviation (0.5 for data in [-1, 1]).
+        sigma_data: EDM's data standard deviation of the target (0.5 for images in [-1, 1];
+            about 0.2 for the residual HR - LR_up).
+        target: what the diffusion model generates: "hr", the HR image itself (the paper), or
+            "residual", HR - LR_up, added back to LR_up after sampling (``model/precond.py``,
+            ``TARGETS``).
         sampler: default ``SamplerConfig`` as a dict.
         training: provenance: data sources and licences, steps, seeds, validation scores.
         refdiff_version: version of refdiff that wrote the card.
@@ -55,6 +60,7 @@ class ModelCard:
     overlap_px: int
     margin_px: int
     sigma_data: float = 0.5
+    target: str = "hr"
     sampler: dict[str, Any]
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     refdiff_version: str
@@ -77,6 +83,7 @@ class ModelCard:
                 "need 2*margin < overlap < tile",
             ),
             (self.sigma_data > 0, "sigma_data", f"{self.sigma_data}"),
+            (self.target in TARGETS, "target", f"{self.target!r}; use {' or '.join(TARGETS)}"),
             (self.lr_upsample in ("bicubic", "bilinear"), "lr_upsample", f"{self.lr_upsample!r}"),
         ]
         for ok, field, detail in checks:

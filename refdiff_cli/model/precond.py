@@ -14,6 +14,10 @@ from torch import nn
 
 from refdiff_cli.model.network import RefDiffUNet, check_shape
 
+#: What a Ref-Diff model generates: the HR image (the paper), or the residual HR - LR_up, for
+#: which even an untrained network's denoised estimate D(x; sigma_max) is LR_up itself.
+TARGETS = ("hr", "residual")
+
 #: Precisions the network may run in; float32 means no autocast.
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -65,6 +69,16 @@ def make_conditioning(
         ref=torch.where(ref_valid, ref.clamp(-1.0, 1.0), lr_up),
         mask=torch.where(ref_valid, mask, 1.0),
     )
+
+
+def diffusion_target(hr: torch.Tensor, lr_up: torch.Tensor, target: str) -> torch.Tensor:
+    """What the diffusion model learns to generate from ``hr``: the image or HR - LR_up."""
+    return hr - lr_up if target == "residual" else hr
+
+
+def image_from_target(x0: torch.Tensor, lr_up: torch.Tensor, target: str) -> torch.Tensor:
+    """The HR image from a sample of the diffusion target (inverse of ``diffusion_target``)."""
+    return x0 + lr_up if target == "residual" else x0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -489,3 +489,21 @@ def test_changed_chips_give_a_warning_on_resume(chips: Path, tmp_path: Path) -> 
     report = train(tiny(steps=2), changed, run)
     assert report.start_step == 1
     assert any("chips differ" in w for w in report.warnings)
+
+
+def test_residual_target_trains_on_hr_minus_lr_up(chips: Path, tmp_path: Path) -> None:
+    """The residual target: card fields, and its validation starts at bicubic quality."""
+    run = tmp_path / "run"
+    train(tiny(steps=2, val_chips=2, target="residual", val_sampler_steps=1), chips, run)
+    card = load_model(run / "model.safetensors").card
+    assert card.target == "residual"
+    assert card.sigma_data == 0.2  # filled from the target
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    (val,) = [s for s in stats if s["kind"] == "val"]
+    # One denoising step of a barely trained residual model stays near LR_up.
+    assert abs(val["psnr_sample"] - val["psnr_lr_up"]) < 1.0
+    hr_run = tmp_path / "hr"
+    train(tiny(steps=2, val_chips=2, val_sampler_steps=1), chips, hr_run)
+    stats = [json.loads(line) for line in (hr_run / "stats.jsonl").read_text().splitlines()]
+    (val_hr,) = [s for s in stats if s["kind"] == "val"]
+    assert val_hr["psnr_sample"] < val_hr["psnr_lr_up"] - 1.0  # the paper's target starts off

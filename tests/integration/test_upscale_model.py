@@ -201,3 +201,34 @@ def test_overlaps_have_the_texture_of_tile_interiors(per_tile_noise: bool) -> No
         assert ratio < 0.85, ratio  # averaging two independent samples flattens the overlap
     else:
         assert 0.9 < ratio < 1.1, ratio
+
+
+def test_a_residual_model_adds_lr_up_back(tmp_path: Path) -> None:
+    """A residual model whose network outputs 0 denoises to LR_up: bicubic, within 1 DN."""
+    import torch as _torch
+
+    from refdiff_cli.files import file_sha256 as _sha
+    from refdiff_cli.model.checkpoint import load_model, save_model
+
+    path = write_tiny_model(tmp_path / "residual.safetensors", target="residual", sigma_data=0.2)
+    loaded = load_model(path)
+    with _torch.no_grad():
+        loaded.denoiser.net.head_conv.weight.zero_()
+        loaded.denoiser.net.head_conv.bias.zero_()
+    save_model(path, loaded.denoiser.net, loaded.card)
+    assert _sha(path)
+    common = ["upscale", *SAMPLE, "--tile", "128", "--overlap", "48"]
+    model_out, bicubic_out = tmp_path / "model.tif", tmp_path / "bicubic.tif"
+    result = run_cli(
+        [*common, "-o", str(model_out), "--model", str(path), "--sampler", "euler", "--steps", "1"]
+    )
+    assert result.returncode == 0, result.stderr
+    assert run_cli([*common, "-o", str(bicubic_out), "--engine", "bicubic"]).returncode == 0
+    with rasterio.open(model_out) as a, rasterio.open(bicubic_out) as b:
+        diff = np.abs(a.read().astype(int) - b.read().astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.1  # sigma_max 80: a 0.06 DN residual remains
+    refused = run_cli(
+        [*common, "-o", str(tmp_path / "x.tif"), "--model", str(path), "--start", "lr"]
+    )
+    assert refused.returncode == 2
+    assert "residual" in refused.stderr
