@@ -16,6 +16,7 @@ import torch
 
 from refdiff_cli.config import Precision, SamplerConfig, to_dict
 from refdiff_cli.data.degrade import upsample
+from refdiff_cli.data.masks import MaskChannel, channel_kind
 from refdiff_cli.data.normalize import Normalization
 from refdiff_cli.diffusion.noise import PixelNoise, make_noise_fn
 from refdiff_cli.diffusion.sampler import initial_state, sample
@@ -61,6 +62,7 @@ class Engine(Protocol):
     tile_px: int  # default tile edge, output pixels
     overlap_px: int  # default overlap, output pixels
     normalization: Normalization  # how input values are stretched to model space
+    mask_channel: MaskChannel | None  # the mask channel the model was trained on (None: any)
 
     def __call__(self, batch: EngineBatch) -> torch.Tensor:
         """Return (B, C, H, W) float32 outputs in model space."""
@@ -114,6 +116,7 @@ class BicubicEngine:
     bands: int | None = None
     size_multiple = 1
     normalization = Normalization()
+    mask_channel: MaskChannel | None = None
 
     def __init__(self, scale: int) -> None:
         self.scale = scale
@@ -167,6 +170,7 @@ class DiffusionEngine:
         self.size_multiple = math.lcm(card.scale, model.denoiser.net.config.size_multiple)
         self.normalization = Normalization.from_dict(card.normalization)
         self.target = card.target
+        self.mask_channel: MaskChannel | None = channel_kind(card.mask_encoding)
         if self.target == "residual" and sampler.start == "lr":
             raise ConfigError(
                 "--start lr begins the chain at sigma_max x LR_up, but this model generates "

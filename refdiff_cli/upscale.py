@@ -293,6 +293,7 @@ def sr_strips(
     Yields:
         Strips (values (C, rows, W) float32 in LR values, validity (rows, W)), top to bottom.
     """
+    check_mask_channel(engine, space)
     accumulator = StripAccumulator(plan, space.lr.bands, block_rows=block_rows)
     done = 0
     for tile_batch in batches(plan.tiles, batch_size):
@@ -303,6 +304,20 @@ def sr_strips(
         done += len(tile_batch)
         if on_tiles is not None:
             on_tiles(done)
+
+
+def check_mask_channel(engine: Engine, space: ModelSpace) -> None:
+    """Refuse a mask whose channel the model was not trained on (0/1 vs graded levels)."""
+    wanted = engine.mask_channel
+    given = masks.channel_kind(space.mask)
+    if wanted is not None and given != wanted:
+        raise InputError(
+            f"the model was trained on {wanted} change masks, but mask {space.mask_source} "
+            f"reads as {given} values ({space.mask.kind} encoding)",
+            hint="pass --mask-encoding binary, or a class table without levels"
+            if wanted == "binary"
+            else "pass --mask-encoding grey, or a class table with levels",
+        )
 
 
 def _engine_batch(

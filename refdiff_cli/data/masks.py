@@ -281,6 +281,23 @@ def changed(
     return np.asarray(result & valid, dtype=bool)
 
 
+MaskChannel = Literal["binary", "graded"]
+
+
+def channel_kind(encoding: MaskEncoding | dict[str, Any]) -> MaskChannel:
+    """What the mask channel holds under ``encoding``: 0/1 ("binary") or other levels.
+
+    Binary masks and class tables without levels give 0.0/1.0; grey codes (code / 255) and
+    class tables with levels give "graded" values. A model trained on one cannot read the
+    other. ``encoding`` may be a model card's or a manifest's ``mask_encoding`` dict.
+    """
+    if isinstance(encoding, dict):
+        encoding = MaskEncoding.from_dict(encoding)
+    if encoding.kind == "grey" or any(c.level is not None for c in encoding.classes):
+        return "graded"
+    return "binary"
+
+
 def infer_encoding(
     unique_values: Iterable[float] | Mapping[float, int], *, source: str = "mask"
 ) -> MaskEncoding:

@@ -232,3 +232,16 @@ def test_a_residual_model_adds_lr_up_back(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2
     assert "residual" in refused.stderr
+
+
+def test_a_mask_read_otherwise_than_the_model_was_trained_is_refused(
+    model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sr.tif"
+    result = run_cli(
+        ["upscale", *SAMPLE, "-o", str(out), "--model", str(model), "--mask-encoding", "grey"]
+    )
+    assert result.returncode == 3, result.stderr
+    assert "trained on binary change masks" in result.stderr
+    assert "--mask-encoding binary" in result.stderr
+    assert not out.exists()

@@ -320,3 +320,15 @@ def test_anti_aliased_binary_masks_are_recognised_from_pixel_counts() -> None:
     # The same values without counts, or with many mid values, are not binary.
     assert infer_encoding([0.0, 128.0, 255.0]) != BINARY
     assert infer_encoding({0.0: 500, 255.0: 400, 128.0: 100}) != BINARY
+
+
+def test_channel_kind_tells_binary_from_graded_channels() -> None:
+    from refdiff_cli.data.masks import channel_kind
+
+    plain = MaskEncoding(kind="classes", classes=(MaskClass(value=1, name="u", changed=False),))
+    levels = MaskEncoding(
+        kind="classes", classes=(MaskClass(value=1, name="u", changed=False, level=0.3),)
+    )
+    assert channel_kind(BINARY) == channel_kind(plain) == "binary"
+    assert channel_kind(GREY) == channel_kind(levels) == "graded"
+    assert channel_kind({"kind": "binary"}) == "binary"  # a model card's dict
