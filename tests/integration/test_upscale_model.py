@@ -129,6 +129,7 @@ class _GaussianEngine:
     tile_px = 64
     overlap_px = 32
     normalization = normalize.Normalization()
+    mask_channel = None
 
     def __init__(self, *, per_tile_noise: bool) -> None:
         self.per_tile_noise = per_tile_noise
