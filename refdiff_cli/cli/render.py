@@ -55,6 +55,7 @@ class ProgressRenderer:
         self._bar: tqdm[Any] | None = None
         self._last_line = 0.0
         self._started = 0.0
+        self._origin: tuple[float, int] | None = None  # (time, done) of the first report
 
     def __call__(self, event: Event) -> None:
         if not self.enabled:
@@ -63,6 +64,7 @@ class ProgressRenderer:
             self.close()
             self._started = time.monotonic()
             self._last_line = 0.0
+            self._origin = None
             if self.interactive:
                 self._bar = tqdm(
                     total=event.total,
@@ -74,13 +76,21 @@ class ProgressRenderer:
             else:
                 self._plain(f"{event.task}: 0/{event.total} {event.unit}s")
         elif isinstance(event, Progress):
+            if self._origin is None:  # a resumed run starts part-way: rate from here on
+                self._origin = (time.monotonic(), event.done)
             if self._bar is not None:
                 self._bar.update(event.done - self._bar.n)
             elif time.monotonic() - self._last_line >= PLAIN_PROGRESS_INTERVAL_S or (
                 event.done == event.total
             ):
-                elapsed = time.monotonic() - self._started
-                eta = elapsed / max(event.done, 1) * (event.total - event.done)
+                now = time.monotonic()
+                elapsed = now - self._started
+                origin_time, origin_done = self._origin
+                if event.done > origin_done:
+                    rate = (now - origin_time) / (event.done - origin_done)
+                else:
+                    rate = elapsed / max(event.done, 1)
+                eta = rate * (event.total - event.done)
                 self._plain(
                     f"{event.task}: {event.done}/{event.total} {event.unit}s, "
                     f"{elapsed:.0f} s elapsed, about {eta:.0f} s left"

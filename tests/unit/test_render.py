@@ -1,0 +1,24 @@
+"""Plain progress lines (cron logs): the time-left estimate of a resumed run."""
+
+from __future__ import annotations
+
+import pytest
+
+from refdiff_cli.cli import render
+from refdiff_cli.events import Progress, Started
+
+
+def test_resumed_run_estimates_time_left_from_its_own_rate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resumed at step 2000 of 4000, 10 steps in 20 s: about 3980 s left, not 20 s."""
+    now = [0.0]
+    monkeypatch.setattr(render.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(render, "stderr_is_terminal", lambda: False)
+    renderer = render.ProgressRenderer(enabled=True)
+    renderer(Started(task="train", total=4000, unit="step"))
+    renderer(Progress(task="train", done=2000, total=4000, unit="step"))
+    now[0] = 20.0
+    renderer(Progress(task="train", done=2010, total=4000, unit="step"))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "refdiff: train: 2010/4000 steps, 20 s elapsed, about 3980 s left"
