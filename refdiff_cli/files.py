@@ -27,11 +27,19 @@ def fsync_path(path: Path, *, directory: bool = False) -> None:
         os.close(fd)
 
 
+def umask_mode() -> int:
+    """Mode of a new regular file under the process umask (0o644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A hidden temporary path next to ``path`` that becomes ``path`` only if the block succeeds.
 
-    On success the temporary file is fsynced, renamed over ``path`` (atomic on one file
+    On success the temporary file gets the umask's permissions (some writers, safetensors
+    among them, create owner-only files), is fsynced, renamed over ``path`` (atomic on one file
     system: it is in the same folder) and the folder is fsynced; on any exception, Ctrl-C
     included, it is removed and ``path`` is untouched.
     """
@@ -39,6 +47,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         yield temp
+        os.chmod(temp, umask_mode())
         fsync_path(temp)
         os.replace(temp, path)
         fsync_path(path.parent, directory=True)

@@ -54,6 +54,16 @@ def test_save_is_atomic_and_refuses_non_finite_weights(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_saved_models_get_the_umask_permissions_not_owner_only(tmp_path: Path) -> None:
+    """safetensors creates 0600 files: a model trained for a team would be unreadable to it."""
+    previous = os.umask(0o022)
+    try:
+        path = write_tiny_model(tmp_path / "m.safetensors")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 @pytest.mark.parametrize(
     ("edit", "needle"),
     [
