@@ -84,17 +84,15 @@ class ProgressRenderer:
                 event.done == event.total
             ):
                 now = time.monotonic()
-                elapsed = now - self._started
-                origin_time, origin_done = self._origin
-                if event.done > origin_done:
-                    rate = (now - origin_time) / (event.done - origin_done)
-                else:
-                    rate = elapsed / max(event.done, 1)
-                eta = rate * (event.total - event.done)
-                self._plain(
+                line = (
                     f"{event.task}: {event.done}/{event.total} {event.unit}s, "
-                    f"{elapsed:.0f} s elapsed, about {eta:.0f} s left"
+                    f"{now - self._started:.0f} s elapsed"
                 )
+                origin_time, origin_done = self._origin
+                if event.done > origin_done:  # no rate yet at the first report
+                    rate = (now - origin_time) / (event.done - origin_done)
+                    line += f", about {rate * (event.total - event.done):.0f} s left"
+                self._plain(line)
             if event.done == event.total:
                 self.close()
 

@@ -17,8 +17,12 @@ def test_resumed_run_estimates_time_left_from_its_own_rate(
     monkeypatch.setattr(render, "stderr_is_terminal", lambda: False)
     renderer = render.ProgressRenderer(enabled=True)
     renderer(Started(task="train", total=4000, unit="step"))
+    now[0] = 15.0  # loading the checkpoint took 15 s
     renderer(Progress(task="train", done=2000, total=4000, unit="step"))
-    now[0] = 20.0
+    now[0] = 35.0
     renderer(Progress(task="train", done=2010, total=4000, unit="step"))
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == "refdiff: train: 2010/4000 steps, 20 s elapsed, about 3980 s left"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[1:] == [
+        "refdiff: train: 2000/4000 steps, 15 s elapsed",  # no rate measured yet: no estimate
+        "refdiff: train: 2010/4000 steps, 35 s elapsed, about 3980 s left",
+    ]
