@@ -60,9 +60,10 @@ def upscale(model: Path, out: Path, *extra: str) -> np.ndarray:
 def test_diffusion_upscale_runs_and_is_deterministic_for_any_batch_size(
     model: Path, tmp_path: Path
 ) -> None:
-    one = upscale(model, tmp_path / "b1.tif", "--seed", "7", "--batch-size", "1")
-    four = upscale(model, tmp_path / "b4.tif", "--seed", "7", "--batch-size", "4")
-    other = upscale(model, tmp_path / "other.tif", "--seed", "8", "--batch-size", "4")
+    tiles = ("--tile", "128", "--overlap", "32")  # 16 tiles: enough to fill batches of 4
+    one = upscale(model, tmp_path / "b1.tif", "--seed", "7", "--batch-size", "1", *tiles)
+    four = upscale(model, tmp_path / "b4.tif", "--seed", "7", "--batch-size", "4", *tiles)
+    other = upscale(model, tmp_path / "other.tif", "--seed", "8", "--batch-size", "4", *tiles)
     assert np.array_equal(one, four)  # two processes, two batch sizes: the same bytes
     assert not np.array_equal(four, other)
     assert one.std() > 5  # the lively network produces a real image, not a flat grey
