@@ -1,7 +1,10 @@
 """Package a trained model as the bundled default model (maintainers' script).
 
-Usage: python scripts/package_default_model.py RUN/model.safetensors VALIDATION.json
+Usage: python scripts/package_default_model.py RUN/model.safetensors [VALIDATION.json ...]
            [--steps N] [--sampler heun|euler] [--sigma-max S] [--churn C]
+
+Run it twice: once without reports to get a model file to evaluate, then with the
+`refdiff evaluate --json` reports of that file (the weights stay the same; the card changes).
 
 Reads the EMA weights and card that `refdiff train` exported, sets the card's default
 sampler (the settings chosen by PSNR on training images), records the training data with its
@@ -48,7 +51,9 @@ def summary(evaluation: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
-    parser.add_argument("validation", type=Path, nargs="+", help="evaluate --json reports")
+    parser.add_argument(
+        "validation", type=Path, nargs="*", help="evaluate --json reports (none: a first pass)"
+    )
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--sampler", default="heun")
     parser.add_argument("--sigma-max", type=float, default=80.0)
@@ -65,6 +70,8 @@ def main() -> None:
     folders = sorted({str(s.get("name", "")).split("/")[0] for s in sources})
     training = {
         **card.training,
+        # config.steps is the run's target; a run stopped early trained fewer steps.
+        "steps_trained": card.training["images_seen"] // card.training["config"]["batch_size"],
         "data": {
             folder: {
                 "licence": DATA_LICENCES.get(folder, "see the dataset"),
@@ -82,7 +89,8 @@ def main() -> None:
             for folder in folders
         },
         "validation_reports": [summary(json.loads(p.read_text())) for p in args.validation],
-        "sampler_choice": "chosen by PSNR on training images (dsifn), then scored on val",
+        "sampler_choice": "best PSNR on 16 training chips (scripts/choose_sampler.py); "
+        "validation images scored only afterwards",
     }
     card = dataclasses.replace(
         card, name="refdiff-small-x8", sampler=to_dict(sampler), training=training
