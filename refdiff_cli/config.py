@@ -388,9 +388,7 @@ class TrainConfig:
         _require(self.ema_halflife_kimg >= 0, "ema_halflife_kimg", "must be >= 0")
         if self.ema_rampup_ratio is not None:
             _require(self.ema_rampup_ratio > 0, "ema_rampup_ratio", "must be positive or unset")
-        _require(
-            self.target in ("hr", "residual"), "target", f"{self.target!r}; use hr or residual"
-        )
+        _require(self.target in TARGET_SIGMA_DATA, "target", f"{self.target!r}; use hr or residual")
         _require(self.target_sigma_data > 0, "sigma_data", f"{self.sigma_data}; must be positive")
         _require(
             self.lr_method in ("realistic", "bicubic", "stored"),

@@ -12,11 +12,12 @@ import math
 import torch
 from torch import nn
 
+from refdiff_cli.config import TARGET_SIGMA_DATA
 from refdiff_cli.model.network import RefDiffUNet, check_shape
 
 #: What a Ref-Diff model generates: the HR image (the paper), or the residual HR - LR_up, for
 #: which even an untrained network's denoised estimate D(x; sigma_max) is LR_up itself.
-TARGETS = ("hr", "residual")
+TARGETS = tuple(TARGET_SIGMA_DATA)
 
 #: Precisions the network may run in; float32 means no autocast.
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
