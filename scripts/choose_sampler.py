@@ -20,11 +20,13 @@ import torch
 
 from refdiff_cli.config import SamplerConfig
 from refdiff_cli.data.dataset import ChipDataset
-from refdiff_cli.data.degrade import downscale_bicubic, upsample
+from refdiff_cli.data.degrade import make_lr, upsample
 from refdiff_cli.diffusion.noise import PixelNoise, make_noise_fn
 from refdiff_cli.diffusion.sampler import initial_state, sample
+from refdiff_cli.metrics import psnr
 from refdiff_cli.model.checkpoint import load_model
 from refdiff_cli.model.precond import image_from_target, make_conditioning
+from refdiff_cli.train_eval import LR_UPSAMPLE, center_crops
 
 #: (sampler, steps, sigma_max): a one-step regression-like output up to a many-step sampler.
 CANDIDATES = (
@@ -36,10 +38,9 @@ CANDIDATES = (
 )
 
 
-def psnr(x: torch.Tensor, hr: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), clamped as upscale clamps."""
-    mse = float(((x.clamp(-1, 1) - hr) ** 2).mean())
-    return 10.0 * float(np.log10(4.0 / mse))
+def clamped_psnr(x: torch.Tensor, hr: torch.Tensor) -> float:
+    """PSNR (dB) of one (1, C, H, W) image in [-1, 1] (peak-to-peak 2), clamped as upscale does."""
+    return psnr(x[0].clamp(-1, 1).numpy(), hr[0].numpy(), data_range=2.0)
 
 
 def main() -> None:
@@ -58,15 +59,15 @@ def main() -> None:
     scale = card.scale
     scores: dict[str, list[float]] = {"bicubic": []}
     for index in picks:
-        chip = dataset.chip(int(index))
-        hr = torch.from_numpy(chip.hr.astype(np.float32))[None]
-        ref = torch.from_numpy(chip.ref.astype(np.float32))[None]
-        mask = torch.from_numpy(chip.mask.astype(np.float32))[None]
-        ref_valid = torch.from_numpy(np.array(chip.ref_valid))[None]
-        lr_up = upsample(downscale_bicubic(hr.double(), scale).float().clamp(-1, 1), scale)
-        cond = make_conditioning(lr_up=lr_up, ref=ref, mask=mask, ref_valid=ref_valid)
+        crop = center_crops(dataset, [int(index)], crop_px=dataset.chip_px, scale=scale)
+        hr = crop.hr  # (1, C, H, W) in [-1, 1]
+        lr = make_lr(hr.double(), scale, "bicubic").float()
+        lr_up = upsample(lr, scale, mode=LR_UPSAMPLE)
+        cond = make_conditioning(
+            lr_up=lr_up, ref=crop.ref, mask=crop.mask, ref_valid=crop.ref_valid
+        )
         denoise = functools.partial(loaded.denoiser, cond=cond)
-        scores["bicubic"].append(psnr(lr_up, hr))
+        scores["bicubic"].append(clamped_psnr(lr_up, hr))
         for name, steps, sigma_max in CANDIDATES:
             config = SamplerConfig(sampler=name, steps=steps, sigma_max=sigma_max)
             noise = make_noise_fn(
@@ -79,7 +80,8 @@ def main() -> None:
             with torch.no_grad():
                 x0 = sample(config, denoise, x_T, noise=noise)
             label = f"{name} {steps} step(s), sigma_max {sigma_max:g}"
-            scores.setdefault(label, []).append(psnr(image_from_target(x0, lr_up, card.target), hr))
+            sr = image_from_target(x0, lr_up, card.target)
+            scores.setdefault(label, []).append(clamped_psnr(sr, hr))
     print(f"{len(picks)} {args.split} chips of {args.chips}, x{scale}, seed {args.seed}")
     print(f"{'setting':40s} {'PSNR dB':>8s}")
     for label, values in scores.items():

@@ -16,6 +16,7 @@ DEFAULT_MODEL_SHA256 in refdiff_cli/model/checkpoint.py, which pins it on every 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 from pathlib import Path
@@ -67,7 +68,10 @@ def main() -> None:
         sampler=args.sampler, steps=args.steps, sigma_max=args.sigma_max, S_churn=args.churn
     )
     sources = card.training.get("sources", [])
-    folders = sorted({str(s.get("name", "")).split("/")[0] for s in sources})
+    # Images per (dataset folder, split); source names are "<folder>/<image>".
+    images = collections.Counter(
+        (str(s.get("name", "")).split("/")[0], s.get("split")) for s in sources
+    )
     training = {
         **card.training,
         # config.steps is the run's target; a run stopped early trained fewer steps.
@@ -75,18 +79,10 @@ def main() -> None:
         "data": {
             folder: {
                 "licence": DATA_LICENCES.get(folder, "see the dataset"),
-                "train_images": sum(
-                    1
-                    for s in sources
-                    if str(s.get("name", "")).startswith(folder + "/") and s.get("split") == "train"
-                ),
-                "val_images": sum(
-                    1
-                    for s in sources
-                    if str(s.get("name", "")).startswith(folder + "/") and s.get("split") == "val"
-                ),
+                "train_images": images[folder, "train"],
+                "val_images": images[folder, "val"],
             }
-            for folder in folders
+            for folder in sorted({folder for folder, _ in images})
         },
         "validation_reports": [summary(json.loads(p.read_text())) for p in args.validation],
         "sampler_choice": "best PSNR on 16 training chips (scripts/choose_sampler.py); "
