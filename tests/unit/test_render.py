@@ -11,7 +11,7 @@ from refdiff_cli.events import Progress, Started
 def test_resumed_run_estimates_time_left_from_its_own_rate(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Resumed at step 2000 of 4000, 10 steps in 20 s: about 3980 s left, not 20 s."""
+    """Resumed at step 2000 of 4000, 10 steps in 20 s: about 3980 s left, not 35 s."""
     now = [0.0]
     monkeypatch.setattr(render.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(render, "stderr_is_terminal", lambda: False)
