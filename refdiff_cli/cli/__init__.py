@@ -11,9 +11,8 @@ import os
 import signal
 import sys
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any, cast
 
-import click
 import typer
 
 from refdiff_cli import __version__
@@ -83,34 +82,94 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Interrupted("SIGTERM", EXIT_SIGTERM)
 
 
+def _click_class(name: str) -> type[Exception]:
+    """click's exception class ``name`` as the installed typer raises it.
+
+    typer >= 0.29 raises a bundled copy of click's exceptions, older typer click's own: the
+    public ``typer.BadParameter`` derives from whichever copy is in use.
+    """
+    for cls in typer.BadParameter.__mro__:
+        if cls.__name__ == name:
+            return cast(type[Exception], cls)
+    raise ImportError(f"typer.BadParameter does not derive from a click {name}")
+
+
+_CLICK_EXCEPTION = _click_class("ClickException")
+_USAGE_ERROR = _click_class("UsageError")
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """True when ``--json`` was asked for (before a ``--`` that ends the options)."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def _fail(argv: list[str], exit_code: int, error: str, message: str) -> int:
+    """Report a failure: the one error line on stderr, and the JSON document with ``--json``."""
+    render.print_error(message)
+    if _wants_json(argv):
+        render.print_json(
+            {"status": "failed", "exit_code": exit_code, "error": error, "message": message}
+        )
+    return exit_code
+
+
+def _usage_error(argv: list[str], exc: Exception) -> int:
+    """Usage line and help hint (or the whole help for no arguments), then the error line."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        print(ctx.get_help(), file=sys.stderr)
+        message = f"{ctx.command_path}: no arguments given (help above)"
+    else:
+        if ctx is not None:
+            print(ctx.get_usage(), file=sys.stderr)
+            print(f"Try '{ctx.command_path} --help' for help.", file=sys.stderr)
+        message = cast(Any, exc).format_message()
+    return _fail(argv, EXIT_USAGE, "UsageError", message)
+
+
+def _interrupted(argv: list[str]) -> int:
+    return _fail(argv, EXIT_SIGINT, "Interrupted", Interrupted("SIGINT", EXIT_SIGINT).message)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (never raises for user errors or signals)."""
+    args = list(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _raise_terminated)
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv, prog_name="refdiff", standalone_mode=False)
+        result = command.main(args=args, prog_name="refdiff", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
+        # typer >= 0.29 turns Ctrl-C into Exit(130), raised from the KeyboardInterrupt.
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return _interrupted(args)
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
-        render.print_error("interrupted by SIGINT; nothing was published")
-        return EXIT_SIGINT
+    except _USAGE_ERROR as exc:
+        return _usage_error(args, exc)
+    except _CLICK_EXCEPTION as exc:
+        message = cast(Any, exc).format_message()
+        return _fail(args, cast(Any, exc).exit_code, type(exc).__name__, message)
+    except (typer.Abort, KeyboardInterrupt):
+        return _interrupted(args)
     except RefdiffError as exc:
-        render.print_error(str(exc))
-        return exc.exit_code
+        return _fail(args, exc.exit_code, type(exc).__name__, str(exc))
     except BrokenPipeError:
         return _closed_stdout()
     except Exception as exc:  # a bug: say so in one line, traceback only with -v
-        if "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv):
+        if "-v" in args or "--verbose" in args or "-vv" in args:
             raise
-        render.print_error(
+        return _fail(
+            args,
+            EXIT_UNEXPECTED,
+            type(exc).__name__,
             f"unexpected {type(exc).__name__}: {exc} (this is a bug in refdiff; rerun with -v "
-            "and report the traceback)"
+            "and report the traceback)",
         )
-        return EXIT_UNEXPECTED
 
 
 def _closed_stdout() -> int:
