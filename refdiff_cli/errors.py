@@ -68,8 +68,11 @@ class OutputError(RefdiffError, OSError):
 class Interrupted(RefdiffError):
     """The run was stopped by a signal; nothing was published (exit 130 or 143)."""
 
-    def __init__(self, signal_name: str, exit_code: int) -> None:
-        super().__init__(f"interrupted by {signal_name}; nothing was published")
+    def __init__(
+        self, signal_name: str, exit_code: int, *, outcome: str = "nothing was published"
+    ) -> None:
+        super().__init__(f"interrupted by {signal_name}; {outcome}")
+        self.signal_name = signal_name
         self.exit_code = exit_code
 
 

@@ -7,9 +7,11 @@ exit codes (0 ok, 1 bug, 2 usage, 3 input, 4 output, 5 partial batch, 130 SIGINT
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 from typing import Annotated, Any, cast
 
@@ -73,6 +75,25 @@ def _register_commands() -> None:
     train_command.register(app)
     evaluate_command.register(app)
     prepare_command.register(app)
+    for info in app.registered_commands:
+        if info.callback is not None:
+            info.callback = _ctrl_c_as_error(info.callback)
+
+
+def _ctrl_c_as_error(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn Ctrl-C in a command into ``Interrupted`` (typer >= 0.29 would return 130 silently).
+
+    By then every ``with`` block below has cleaned up on the KeyboardInterrupt.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise Interrupted("SIGINT", EXIT_SIGINT) from None
+
+    return wrapper
 
 
 _register_commands()

@@ -11,6 +11,9 @@ from refdiff_cli.cli import render
 from refdiff_cli.config import TrainConfig, from_dict, load_file
 from refdiff_cli.errors import EXIT_SIGINT, Interrupted
 
+#: What an interrupted training run leaves: the error line (and --json) says so.
+RESUME = "checkpoint saved, rerun to resume"
+
 
 def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
     """The config file's values (if any), then every flag that was given on top."""
@@ -111,13 +114,9 @@ def train_command(
     try:
         report = train_tool.train(config, chips, output, on_event=progress)
     except KeyboardInterrupt:
-        progress.close()
-        render.print_error("interrupted by SIGINT; checkpoint saved, rerun to resume")
-        return EXIT_SIGINT
+        raise Interrupted("SIGINT", EXIT_SIGINT, outcome=RESUME) from None
     except Interrupted as exc:
-        progress.close()
-        render.print_error("interrupted by SIGTERM; checkpoint saved, rerun to resume")
-        return exc.exit_code
+        raise Interrupted(exc.signal_name, exc.exit_code, outcome=RESUME) from None
     finally:
         progress.close()
     if report.rank != 0:
