@@ -9,6 +9,7 @@ import io
 import math
 import os
 import secrets
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,33 @@ DISPLAY_PERCENTILES = (2.0, 98.0)
 
 
 def check_output_folder(path: Path | None, option: str) -> None:
-    """Fail before any work when the folder of an output file is missing (exit 4)."""
+    """Fail before any work when an output file could not be written there (exit 4).
+
+    Its folder must exist and take a new file (a temp file is created and removed); the path
+    itself must be absent or a regular file (never a folder, a device or a pipe to replace).
+    """
     if path is None:
         return
-    folder = Path(path).absolute().parent
+    path = Path(path)
+    folder = path.absolute().parent
     if not folder.is_dir():
         raise OutputError(
             f"{option} {path}: folder {folder} does not exist", hint=f"mkdir -p {folder}"
         )
+    if os.path.lexists(path) and not path.is_file():
+        raise OutputError(
+            f"{option} {path} exists and is not a regular file",
+            hint="give the path of a file to create or replace",
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise OutputError(
+            f"{option} {path}: cannot write to folder {folder} ({exc.strerror or exc})",
+            hint="choose a writable folder or fix its permissions",
+        ) from exc
+    os.close(fd)
+    os.unlink(probe)
 
 
 def data_range_of(sample: Sample, option: float | None) -> float:
@@ -252,8 +272,24 @@ class Figure:
         return canvas
 
     def write(self, path: Path) -> None:
-        """Write the figure as PNG (``geo.images.write_png``: atomic, no side files)."""
-        write_png(path, self.image())
+        """Write the figure as PNG (``geo.images.write_png``: atomic, no side files).
+
+        Raises:
+            OutputError: the PNG could not be written, GDAL's own errors included (exit 4).
+        """
+        try:
+            write_png(path, self.image())
+        except OutputError:
+            raise
+        except Exception as exc:
+            if not type(exc).__module__.startswith("rasterio"):
+                raise
+            # GDAL's CPLE_* errors are no RasterioError, so write_png lets them through.
+            raise OutputError(
+                f"--figure {path}: cannot write the PNG ({' '.join(str(exc).split())})",
+                hint="choose a writable --figure path; the metrics were computed and any "
+                "--csv written",
+            ) from exc
 
 
 def _panel_window(
