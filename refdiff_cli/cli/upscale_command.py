@@ -174,7 +174,10 @@ def upscale_command(
     Example: refdiff upscale lr.tif --ref ref.tif --mask cd.tif -o out.tif
     """
     from refdiff_cli.batch import run_batch
+    from refdiff_cli.geo.write import check_creation_options
     from refdiff_cli.upscale import load_engine
+
+    check_creation_options(co, cog=cog)
 
     options = UpscaleOptions(
         engine=engine,  # type: ignore[arg-type]

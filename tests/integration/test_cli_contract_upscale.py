@@ -1,0 +1,95 @@
+"""Issue 9: `refdiff upscale` under hostile options and outputs (exit codes, messages, files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from tests.conftest import RasterFactory, run_cli
+
+LR_TRANSFORM = Affine(4.0, 0.0, 500_000.0, 0.0, -4.0, 5_000_000.0)
+HR_TRANSFORM = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 5_000_000.0)
+
+
+@pytest.fixture
+def triplet(make_raster: RasterFactory) -> dict[str, Path]:
+    """LR 24 x 32 at 4 m, ref and mask 192 x 256 at 0.5 m over the same footprint."""
+    rng = np.random.default_rng(3)
+    lr = make_raster("lr.tif", rng.integers(0, 255, (3, 24, 32), np.uint8), transform=LR_TRANSFORM)
+    ref = rng.integers(0, 255, (3, 192, 256), np.uint8)
+    mask = np.zeros((192, 256), np.uint8)
+    return {
+        "lr": lr,
+        "ref": make_raster("ref.tif", ref, transform=HR_TRANSFORM),
+        "mask": make_raster("cd.tif", mask, transform=HR_TRANSFORM),
+    }
+
+
+def upscale(t: dict[str, Path], out: Path | str, *extra: str) -> list[str]:
+    return [
+        "upscale",
+        str(t["lr"]),
+        "--ref",
+        str(t["ref"]),
+        "--mask",
+        str(t["mask"]),
+        "-o",
+        str(out),
+        "--engine",
+        "bicubic",
+        *extra,
+    ]
+
+
+def last_line(stderr: str) -> str:
+    return stderr.strip().splitlines()[-1]
+
+
+# -- item 8: creation options are checked before any work ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("co", "needle"),
+    [
+        (["COMPRESS=FOO"], "COMPRESS=FOO"),
+        (["FOOBAR=1"], "FOOBAR"),
+        (["COMPRESS=JPEG"], "lossy"),
+        (["COMPRESS=WEBP"], "lossy"),
+        (["BLOCKXSIZE=100"], "multiples of 16"),
+        (["COMPRESS"], "NAME=VALUE"),
+    ],
+)
+def test_bad_creation_options_are_refused_up_front(
+    triplet: dict[str, Path], tmp_path: Path, co: list[str], needle: str
+) -> None:
+    out = tmp_path / "sr.tif"
+    options = [arg for item in co for arg in ("--co", item)]
+    result = run_cli(upscale(triplet, out, *options, "--json"))
+    assert result.returncode == 2, result.stderr
+    last = last_line(result.stderr)
+    assert last.startswith("refdiff: error: --co") and needle in last, last
+    assert "tiles" not in result.stderr, "the options were checked only after the work"
+    assert json.loads(result.stdout)["exit_code"] == 2
+    assert not out.exists()
+
+
+def test_bad_creation_option_for_a_cog_is_refused(triplet: dict[str, Path], tmp_path: Path) -> None:
+    result = run_cli(upscale(triplet, tmp_path / "sr.tif", "--cog", "--co", "ZLEVEL=9"))
+    assert result.returncode == 2, result.stderr
+    assert "COG" in last_line(result.stderr)
+
+
+@pytest.mark.parametrize("codec", ["LZW", "ZSTD", "NONE"])
+def test_lossless_codecs_are_written_as_asked(
+    triplet: dict[str, Path], tmp_path: Path, codec: str
+) -> None:
+    out = tmp_path / "sr.tif"
+    result = run_cli(upscale(triplet, out, "--co", f"COMPRESS={codec}"))
+    assert result.returncode == 0, result.stderr
+    with rasterio.open(out) as src:
+        assert (src.compression.name.upper() if src.compression else "NONE") == codec
