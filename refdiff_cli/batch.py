@@ -163,7 +163,8 @@ def run_batch(
         except Interrupted:
             raise
         except RefdiffError as exc:
-            logger.error("%s: %s", job.lr, exc)
+            # A single job's error is the run's error: the caller reports it, once.
+            logger.log(logging.ERROR if len(jobs) > 1 else logging.DEBUG, "%s: %s", job.lr, exc)
             results.append(
                 ItemResult(
                     lr=job.lr,

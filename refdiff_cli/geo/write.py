@@ -11,6 +11,7 @@ import math
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,9 +40,15 @@ COMPLETE_TAG = "REFDIFF_COMPLETE"
 #: Fail preflight when the free space is below this fraction of the raw output size.
 MIN_FREE_FRACTION = 0.10
 
-_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 # GDAL/libtiff wording of a failed write; none of it says "disk full".
-_SPACE_WORDS = ("write failed", "write error", "no space left", "file too large", "seek error")
+_SPACE_WORDS = (
+    "write failed",
+    "write error",
+    "no space left",
+    "file too large",
+    "seek error",
+    "quota exceeded",
+)
 _NO_HARDLINK_ERRNOS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
 _GDAL_ERROR_LOGGER = "rasterio._env"
 _GDAL_ERROR_TEXT = "GDAL signalled an error"
@@ -629,7 +636,8 @@ class RasterWriter:
     def _cleanup(self) -> None:
         dataset, self._dataset = self._dataset, None
         if dataset is not None:
-            with contextlib.suppress(Exception), rasterio_env():
+            discarded: list[str] = []  # a failed run's last flush repeats the failure
+            with contextlib.suppress(Exception), _stderr_lines(discarded), rasterio_env():
                 dataset.close()
         for temp in self._temps:
             _remove_with_side_files(temp)
@@ -661,32 +669,95 @@ def _gdal_io(out: Path, action: str) -> Iterator[None]:
     """Run rasterio I/O under refdiff's env; raised or merely logged GDAL errors -> OutputError.
 
     rasterio reports some failures (e.g. a block flush failing at close) only as INFO records
-    on ``rasterio._env``; they are collected here and treated as fatal.
+    on ``rasterio._env``; they are collected here and treated as fatal. What libtiff prints
+    straight to the stderr file descriptor (``_tiffWriteProc: No space left on device.``) is
+    captured too: it explains the failure, and is not shown raw.
     """
     gdal_logger = logging.getLogger(_GDAL_ERROR_LOGGER)
     old_level = gdal_logger.level
     collector = _GdalErrorFilter(gdal_logger.getEffectiveLevel())
     gdal_logger.addFilter(collector)
     gdal_logger.setLevel(min(logging.INFO, gdal_logger.getEffectiveLevel()))
+    printed: list[str] = []
     try:
-        with rasterio_env():
+        with _stderr_lines(printed), rasterio_env():
             yield
     except OutputError:
         raise
     except (rasterio.errors.RasterioError, OSError) as exc:
-        raise _failure(out, action, str(exc), exc) from exc
+        raise _failure(out, action, str(exc), exc, printed) from exc
     finally:
         gdal_logger.removeFilter(collector)
         gdal_logger.setLevel(old_level)
     if collector.messages:
         first, more = collector.messages[0], len(collector.messages) - 1
-        raise _failure(out, action, first + (f" (+{more} more)" if more else ""), None)
+        raise _failure(out, action, first + (f" (+{more} more)" if more else ""), None, printed)
+    failed = [line for line in printed if any(w in line.lower() for w in _SPACE_WORDS)]
+    if failed:  # libtiff said a write failed, though GDAL returned success: do not go on
+        raise _failure(out, action, failed[0], None, printed)
+    for line in printed:  # no failure: pass the lines on as log records
+        logger.warning("GDAL: %s", line)
 
 
-def _failure(out: Path, action: str, detail: str, exc: BaseException | None) -> OutputError:
+@contextlib.contextmanager
+def _stderr_lines(lines: list[str]) -> Iterator[None]:
+    """Collect into ``lines`` what C code writes to file descriptor 2 inside the block."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (embedded, closed): as is
+        saved = -1
+    if saved < 0:
+        yield
+        return
+    sink = _memory_file()
+    try:
+        os.dup2(sink, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.lseek(sink, 0, os.SEEK_SET)
+        with os.fdopen(sink, "rb") as captured:
+            text = captured.read(65536).decode(errors="replace")
+        for line in text.splitlines():
+            if line.strip() and line.strip() not in lines:
+                lines.append(line.strip())
+
+
+def _memory_file() -> int:
+    """A file descriptor of an anonymous file (in memory where the OS offers it)."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("refdiff-gdal-stderr")
+    fd, name = tempfile.mkstemp(prefix="refdiff-gdal-stderr-")
+    os.unlink(name)
+    return fd
+
+
+def _failure(
+    out: Path,
+    action: str,
+    detail: str,
+    exc: BaseException | None,
+    printed: Sequence[str] = (),
+) -> OutputError:
+    """The OutputError for a failed write: disk full and file size limits said as such."""
     detail = " ".join(detail.split())
-    space = isinstance(exc, OSError) and exc.errno in _SPACE_ERRNOS
-    if space or any(word in detail.lower() for word in _SPACE_WORDS):
+    said = " ".join([detail, *printed]).lower()
+    errno_ = exc.errno if isinstance(exc, OSError) else None
+    folder = out.absolute().parent
+    if errno_ in (errno.ENOSPC, errno.EDQUOT) or "no space left" in said or "quota" in said:
+        return OutputError(
+            f"disk full: no space left in {folder} ({out.name}: {action} failed; nothing was "
+            "published)",
+            hint=f"free space in {folder} or write elsewhere with -o, then rerun",
+        )
+    if errno_ == errno.EFBIG or "file too large" in said:
+        return OutputError(
+            f"file size limit reached writing {out} ({action} failed; nothing was published)",
+            hint="raise the file size limit (ulimit -f) or write elsewhere, then rerun",
+        )
+    if any(word in said for word in _SPACE_WORDS):
         return OutputError(
             f"disk full or file size limit ({out}): {action} failed: {detail}",
             hint="free disk space or raise the file size limit (ulimit -f), then rerun",

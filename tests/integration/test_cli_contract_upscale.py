@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +96,47 @@ def test_lossless_codecs_are_written_as_asked(
     assert result.returncode == 0, result.stderr
     with rasterio.open(out) as src:
         assert (src.compression.name.upper() if src.compression else "NONE") == codec
+
+
+# -- item 6: disk full says so and names the folder --------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only): room for the preflight, not for the output."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("mount is not permitted here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_disk_full_says_disk_full_and_names_the_folder(
+    make_raster: RasterFactory, small_tmpfs: Path
+) -> None:
+    rng = np.random.default_rng(5)  # incompressible: a 3 MiB output in 1 MiB
+    lr = make_raster("big/lr.tif", rng.integers(0, 255, (3, 128, 128), np.uint8))
+    hr = rng.integers(0, 255, (3, 1024, 1024), np.uint8)
+    ref = make_raster("big/ref.tif", hr, transform=HR_TRANSFORM)
+    mask = make_raster("big/cd.tif", np.zeros((1024, 1024), np.uint8), transform=HR_TRANSFORM)
+    out = small_tmpfs / "sr.tif"
+    result = run_cli(upscale({"lr": lr, "ref": ref, "mask": mask}, out, "--json"))
+    assert result.returncode == 4, result.stderr
+    last = last_line(result.stderr)
+    assert last.startswith(f"refdiff: error: disk full: no space left in {small_tmpfs}"), last
+    assert "_tiff" not in result.stderr and "TIFF" not in result.stderr, result.stderr
+    assert "creation options" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [last], "the error was printed more than once"
+    assert json.loads(result.stdout)["exit_code"] == 4
+    assert list(small_tmpfs.iterdir()) == []
