@@ -21,7 +21,7 @@ from refdiff_cli.errors import (
     RefdiffError,
 )
 from refdiff_cli.events import EventHandler, ignore_event
-from refdiff_cli.geo.write import read_completion_tags
+from refdiff_cli.geo.write import check_output_name, read_completion_tags
 from refdiff_cli.upscale import UpscaleJob, UpscaleReport, params_hash, upscale
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ def run_batch(
     for job in jobs:
         started = time.monotonic()
         try:
+            check_output_name(job.output)
             if options.skip_existing and _already_done(job, engine, options):
                 logger.info("skipping %s: already complete with the same parameters", job.output)
                 results.append(

@@ -153,6 +153,15 @@ def _usage_error(argv: list[str], exc: Exception) -> int:
     return _fail(argv, EXIT_USAGE, "UsageError", message)
 
 
+def _is_utf8(arg: str) -> bool:
+    """False for an argument with bytes that are not UTF-8 (surrogate-escaped by Python)."""
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _interrupted(argv: list[str]) -> int:
     return _fail(argv, EXIT_SIGINT, "Interrupted", Interrupted("SIGINT", EXIT_SIGINT).message)
 
@@ -161,6 +170,15 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (never raises for user errors or signals)."""
     args = list(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _raise_terminated)
+    undecodable = [arg for arg in args if not _is_utf8(arg)]
+    if undecodable:
+        return _fail(
+            args,
+            EXIT_USAGE,
+            "UsageError",
+            f"argument {os.fsencode(undecodable[0])!r} is not valid UTF-8, and GDAL opens no "
+            "such path (rename the file or folder, or link it under a UTF-8 name)",
+        )
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="refdiff", standalone_mode=False)

@@ -38,6 +38,7 @@ def resolve_jobs(
 ) -> list[Any]:
     """Turn positional inputs or a list file into upscale jobs with explicit output paths."""
     from refdiff_cli.batch import jobs_from_list
+    from refdiff_cli.geo.write import check_output_name
     from refdiff_cli.upscale import UpscaleJob
 
     if from_list is not None:
@@ -53,6 +54,7 @@ def resolve_jobs(
         )
     if output is None:
         raise ConfigError("-o/--output is required (a file, or a folder for several inputs)")
+    check_output_name(output)
     if len(lr) > 1 or output.is_dir():
         if not output.is_dir():
             raise ConfigError(f"-o {output}: with several inputs, -o must be an existing folder")

@@ -67,6 +67,41 @@ class GridLike(Protocol):
     def height(self) -> int: ...
 
 
+#: Bytes refdiff adds to an output name for its temp files: ``.<name>.refdiff-<pid>-<8 hex>
+#: .cog.partial`` with a 7-digit PID (the probe and lock names are shorter).
+TEMP_NAME_EXTRA_BYTES = len("..refdiff-4194304-0123abcd.cog.partial")
+
+
+def check_output_name(out: Path) -> None:
+    """Refuse an output name the file system cannot hold with refdiff's temp suffix (exit 4).
+
+    Raises:
+        OutputError: the name plus ``TEMP_NAME_EXTRA_BYTES`` exceeds the folder's NAME_MAX.
+    """
+    out = Path(out)
+    size = len(os.fsencode(out.name))
+    limit = 255
+    with contextlib.suppress(OSError, ValueError):
+        limit = os.pathconf(_nearest_folder(out.absolute().parent), "PC_NAME_MAX")
+    room = limit - TEMP_NAME_EXTRA_BYTES
+    if size > room:
+        raise OutputError(
+            f"output file name {out.name[:24]}...{out.suffix} is {size} bytes; this file "
+            f"system takes {limit}, of which refdiff's temporary suffix needs "
+            f"{TEMP_NAME_EXTRA_BYTES}",
+            hint=f"choose an output name of at most {room} bytes",
+        )
+
+
+def _nearest_folder(folder: Path) -> Path:
+    """``folder`` or its nearest existing ancestor (pathconf needs an existing path)."""
+    for candidate in (folder, *folder.parents):
+        with contextlib.suppress(OSError):
+            if candidate.is_dir():
+                return candidate
+    return Path("/")
+
+
 def preflight_output(out: Path, *, inputs: Sequence[Path], overwrite: bool, raw_bytes: int) -> int:
     """Check, before any model work, that ``out`` can be written; leave nothing behind.
 
@@ -85,6 +120,7 @@ def preflight_output(out: Path, *, inputs: Sequence[Path], overwrite: bool, raw_
             without ``overwrite``, or the free space is below 10 % of ``raw_bytes`` (exit 4).
     """
     out = Path(out)
+    check_output_name(out)
     for source in inputs:
         if _same_file(out, source):
             raise OutputError(

@@ -66,6 +66,7 @@ class ModelCard:
     refdiff_version: str
 
     def __post_init__(self) -> None:
+        scale_ok = isinstance(self.scale, int) and self.scale >= 2
         checks = [
             (self.format == CARD_FORMAT, "format", f"{self.format!r} is not {CARD_FORMAT!r}"),
             (
@@ -74,9 +75,13 @@ class ModelCard:
                 f"{self.format_version} is not supported "
                 f"(this refdiff reads {CARD_FORMAT_VERSION})",
             ),
-            (isinstance(self.scale, int) and self.scale >= 2, "scale", f"{self.scale!r}"),
+            (scale_ok, "scale", f"{self.scale!r}; a model scales by 2 or more"),
             (len(self.bands) >= 1, "bands", "no bands listed"),
-            (self.tile_px > 0 and self.tile_px % self.scale == 0, "tile_px", f"{self.tile_px}"),
+            (
+                self.tile_px > 0 and (not scale_ok or self.tile_px % self.scale == 0),
+                "tile_px",
+                f"{self.tile_px}",
+            ),
             (
                 0 <= 2 * self.margin_px < self.overlap_px < self.tile_px,
                 "overlap_px",
@@ -125,6 +130,6 @@ class ModelCard:
         try:
             card = cls(**data)
             card.sampler_config  # noqa: B018 - validates the sampler dict
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ArithmeticError) as exc:
             raise ModelError(f"model card is invalid: {exc}") from exc
         return card

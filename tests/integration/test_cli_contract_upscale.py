@@ -140,3 +140,49 @@ def test_disk_full_says_disk_full_and_names_the_folder(
     assert errors == [last], "the error was printed more than once"
     assert json.loads(result.stdout)["exit_code"] == 4
     assert list(small_tmpfs.iterdir()) == []
+
+
+# -- item 9: clear errors, not exit 1 ------------------------------------------------------------
+
+
+def test_model_card_with_scale_0_is_a_model_error(triplet: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from refdiff_cli.model.card import CARD_METADATA_KEY
+    from tests.conftest import tiny_card
+
+    card = json.loads(tiny_card().to_json())
+    card["scale"] = 0
+    model = tmp_path / "scale0.safetensors"
+    save_file({"w": torch.zeros(1)}, str(model), metadata={CARD_METADATA_KEY: json.dumps(card)})
+    out = tmp_path / "sr.tif"
+    args = upscale(triplet, out, "--json")
+    args[args.index("bicubic")] = "diffusion"
+    result = run_cli([*args, "--model", str(model)])
+    assert result.returncode == 3, result.stderr
+    last = last_line(result.stderr)
+    assert "'scale' is invalid: 0" in last and "this is a bug" not in last, last
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("length", [250, 300])
+def test_output_name_too_long_is_an_output_error(
+    triplet: dict[str, Path], tmp_path: Path, length: int
+) -> None:
+    out = tmp_path / ("a" * length + ".tif")
+    result = run_cli(upscale(triplet, out, "--json"))
+    assert result.returncode == 4, result.stderr
+    last = last_line(result.stderr)
+    assert f"is {length + 4} bytes" in last and "at most" in last, last
+    assert json.loads(result.stdout)["exit_code"] == 4
+
+
+def test_non_utf8_path_is_a_usage_error(triplet: dict[str, Path], tmp_path: Path) -> None:
+    odd = tmp_path / os.fsdecode(b"lr-\xff.tif")
+    odd.write_bytes(triplet["lr"].read_bytes())
+    result = run_cli([*upscale({**triplet, "lr": odd}, tmp_path / "sr.tif"), "--json"])
+    assert result.returncode == 2, result.stderr
+    last = last_line(result.stderr)
+    assert "lr-\\xff.tif'" in last and "not valid UTF-8" in last, last
+    assert json.loads(result.stdout)["exit_code"] == 2
