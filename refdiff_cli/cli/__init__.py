@@ -8,10 +8,12 @@ exit codes (0 ok, 1 bug, 2 usage, 3 input, 4 output, 5 partial batch, 130 SIGINT
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, cast
 
@@ -24,7 +26,9 @@ from refdiff_cli.errors import (
     EXIT_SIGTERM,
     EXIT_UNEXPECTED,
     EXIT_USAGE,
+    ConfigError,
     Interrupted,
+    OutputError,
     RefdiffError,
 )
 
@@ -77,23 +81,58 @@ def _register_commands() -> None:
     prepare_command.register(app)
     for info in app.registered_commands:
         if info.callback is not None:
-            info.callback = _ctrl_c_as_error(info.callback)
+            info.callback = _checked(info.callback, info.name or "")
 
 
-def _ctrl_c_as_error(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn Ctrl-C in a command into ``Interrupted`` (typer >= 0.29 would return 130 silently).
+def _checked(command: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """Wrap a command: warn about costly option values; Ctrl-C becomes ``Interrupted``.
 
-    By then every ``with`` block below has cleaned up on the KeyboardInterrupt.
+    typer >= 0.29 would turn Ctrl-C into a silent exit 130; by the time it reaches this
+    wrapper every ``with`` block below has cleaned up on the KeyboardInterrupt.
     """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if name != "train":  # train refuses bf16 off CUDA by itself
+            _warn_about_precision(kwargs.get("precision"), kwargs.get("device"))
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
             raise Interrupted("SIGINT", EXIT_SIGINT) from None
 
     return wrapper
+
+
+#: Where Linux lists the CPU's instruction sets.
+CPUINFO = Path("/proc/cpuinfo")
+#: CPU flags of native bf16 arithmetic: x86 AVX512-BF16 and AMX, Arm BF16.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether the CPU computes in bf16 natively; None when it cannot be told."""
+    try:
+        flags = set(CPUINFO.read_text(errors="replace").split())
+    except OSError:
+        return None
+    return bool(flags & BF16_FLAGS)
+
+
+def _warn_about_precision(precision: object, device: object) -> None:
+    """``--precision bf16`` on a CPU that emulates bf16: slower and less precise than fp32."""
+    if precision != "bf16" or device not in (None, "auto", "cpu"):
+        return
+    if device != "cpu":
+        import torch
+
+        if torch.cuda.is_available() or torch.backends.mps.is_available():
+            return
+    if cpu_has_bf16() is False:
+        logging.getLogger("refdiff_cli.cli").warning(
+            "--precision bf16 on a CPU without bf16 instructions (%s): PyTorch emulates it, "
+            "slower than fp32 and less precise; use --precision fp32",
+            ", ".join(sorted(BF16_FLAGS)),
+        )
 
 
 _register_commands()
@@ -153,6 +192,68 @@ def _usage_error(argv: list[str], exc: Exception) -> int:
     return _fail(argv, EXIT_USAGE, "UsageError", message)
 
 
+def _check_arguments(group: Any, args: list[str]) -> None:
+    """What click lets through silently: non-UTF-8 paths, repeated options, ``-o missing/``.
+
+    Raises:
+        ConfigError: an argument is not UTF-8, or a single-value option is given twice (exit 2).
+        OutputError: ``upscale -o DIR/`` names a folder that does not exist (exit 4).
+    """
+    undecodable = [arg for arg in args if not _is_utf8(arg)]
+    if undecodable:
+        raise ConfigError(
+            f"argument {os.fsencode(undecodable[0])!r} is not valid UTF-8, and GDAL opens no "
+            "such path",
+            hint="rename the file or folder, or link it under a UTF-8 name",
+        )
+    if "--help" in args:
+        return
+    name = next((arg for arg in args if not arg.startswith("-")), None)
+    command = getattr(group, "commands", {}).get(name)
+    if command is None:
+        return
+    rest = args[args.index(str(name)) + 1 :]
+    rest = rest[: rest.index("--")] if "--" in rest else rest
+    for param in command.params:
+        if param.param_type_name != "option" or param.multiple or param.count or param.is_flag:
+            continue
+        names = [*param.opts, *param.secondary_opts]
+        values = _option_values(rest, names)
+        if len(values) > 1:
+            raise ConfigError(
+                f"{'/'.join(names)} given {len(values)} times ({', '.join(values)}); it takes "
+                "one value",
+                hint="give it once"
+                + (", listing the bands in one value: --bidx 3,2,1" if "--bidx" in names else ""),
+            )
+        if name == "upscale" and "--output" in names and values:
+            _check_output_folder_argument(values[0])
+
+
+def _option_values(args: list[str], names: list[str]) -> list[str]:
+    """The raw values given to the option called ``names`` (``--o V``, ``--o=V``, ``-oV``)."""
+    values = []
+    for i, arg in enumerate(args):
+        for option in names:
+            if arg == option:
+                values.append(args[i + 1] if i + 1 < len(args) else "")
+            elif option.startswith("--") and arg.startswith(option + "="):
+                values.append(arg[len(option) + 1 :])
+            elif len(option) == 2 and not arg.startswith("--") and arg.startswith(option):
+                values.append(arg[2:])
+    return values
+
+
+def _check_output_folder_argument(value: str) -> None:
+    """``-o newdir/``: a trailing slash means a folder, which must exist (not a file "newdir")."""
+    if value.endswith(("/", os.sep)) and not os.path.isdir(value):
+        raise OutputError(
+            f"-o {value}: the folder does not exist"
+            + (" (a file has that name)" if os.path.lexists(value.rstrip("/")) else ""),
+            hint=f"mkdir -p {value}, or give -o a file name",
+        )
+
+
 def _is_utf8(arg: str) -> bool:
     """False for an argument with bytes that are not UTF-8 (surrogate-escaped by Python)."""
     try:
@@ -170,17 +271,9 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (never raises for user errors or signals)."""
     args = list(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _raise_terminated)
-    undecodable = [arg for arg in args if not _is_utf8(arg)]
-    if undecodable:
-        return _fail(
-            args,
-            EXIT_USAGE,
-            "UsageError",
-            f"argument {os.fsencode(undecodable[0])!r} is not valid UTF-8, and GDAL opens no "
-            "such path (rename the file or folder, or link it under a UTF-8 name)",
-        )
     command = typer.main.get_command(app)
     try:
+        _check_arguments(command, args)
         result = command.main(args=args, prog_name="refdiff", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer.Exit as exc:

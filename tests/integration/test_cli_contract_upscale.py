@@ -186,3 +186,71 @@ def test_non_utf8_path_is_a_usage_error(triplet: dict[str, Path], tmp_path: Path
     last = last_line(result.stderr)
     assert "lr-\\xff.tif'" in last and "not valid UTF-8" in last, last
     assert json.loads(result.stdout)["exit_code"] == 2
+
+
+# -- item 10: smaller contract breaches ------------------------------------------------------
+
+
+def test_error_is_printed_once(triplet: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "sr.tif"
+    out.write_bytes(b"precious")
+    result = run_cli(upscale(triplet, out))
+    assert result.returncode == 4, result.stderr
+    mentions = [line for line in result.stderr.splitlines() if "already exists" in line]
+    assert mentions == [last_line(result.stderr)], result.stderr
+    assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("exists_as_file", [False, True])
+def test_output_with_trailing_slash_must_be_a_folder(
+    triplet: dict[str, Path], tmp_path: Path, exists_as_file: bool
+) -> None:
+    target = tmp_path / "newdir"
+    if exists_as_file:
+        target.write_bytes(b"precious")
+    result = run_cli(upscale(triplet, f"{target}/", "--json"))
+    assert result.returncode == 4, result.stderr
+    last = last_line(result.stderr)
+    assert f"-o {target}/: the folder does not exist" in last and "mkdir -p" in last, last
+    assert json.loads(result.stdout)["exit_code"] == 4
+    if exists_as_file:
+        assert target.read_bytes() == b"precious"
+    else:
+        assert not target.exists()
+
+
+def test_output_with_trailing_slash_into_an_existing_folder(
+    triplet: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    result = run_cli(upscale(triplet, f"{folder}/"))
+    assert result.returncode == 0, result.stderr
+    assert (folder / "lr_sr.tif").is_file()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--bidx", "3", "--bidx", "2"],
+        ["-b", "3", "-b2"],
+        ["--seed", "1", "--seed=2"],
+        ["--engine", "bicubic", "--tile", "64", "--tile", "128"],
+    ],
+)
+def test_repeated_single_value_option_is_refused(
+    triplet: dict[str, Path], tmp_path: Path, options: list[str]
+) -> None:
+    out = tmp_path / "sr.tif"
+    result = run_cli(upscale(triplet, out, *options))
+    assert result.returncode == 2, result.stderr
+    last = last_line(result.stderr)
+    assert "given 2 times" in last and "it takes one value" in last, last
+    assert not out.exists()
+
+
+def test_repeatable_options_stay_repeatable(triplet: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "sr.tif"
+    co = ["--co", "COMPRESS=DEFLATE", "--co", "ZLEVEL=1"]
+    result = run_cli(upscale(triplet, out, *co))
+    assert result.returncode == 0, result.stderr
