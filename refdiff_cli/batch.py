@@ -84,44 +84,115 @@ class BatchReport:
         }
 
 
-def jobs_from_list(path: Path, *, output_dir: Path | None) -> list[UpscaleJob]:
-    """Read a CSV list file with columns ``lr,ref,mask[,output]`` (paths relative to the file).
+#: Columns of an upscale list file; ``output`` is optional.
+LIST_COLUMNS = ("lr", "ref", "mask")
+_LIST_HINT = "first line: lr,ref,mask[,output]; one row per LR image"
 
-    Rows without an output column value need ``output_dir``; they are written as
-    ``<output_dir>/<lr stem>_sr.tif``.
+
+def jobs_from_list(path: Path, *, output_dir: Path | None) -> list[UpscaleJob]:
+    """Read a CSV list file with columns ``lr,ref,mask[,output]``.
+
+    Input paths are relative to the list file's folder. An ``output`` value is relative to
+    ``output_dir`` (``-o DIR``) when given, else to the list file's folder; rows without one
+    need ``output_dir`` and are named by :func:`output_names`. Excel's UTF-8 with a byte order
+    mark and CRLF line ends are read as plain UTF-8.
+
+    Raises:
+        InputError: unreadable or non-UTF-8 file, no rows, missing columns, a row with too few
+            or too many cells or an empty cell (naming the line), no output for a row (exit 3).
+        OutputError: ``output_dir`` is not an existing folder (exit 4).
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read list file {path}: {exc.strerror}") from exc
-    rows = list(csv.DictReader(line for line in text.splitlines() if line.strip()))
-    if not rows:
-        raise InputError(f"list file {path} has no rows", hint="first line: lr,ref,mask,output")
-    missing = {"lr", "ref", "mask"} - set(rows[0])
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"list file {path} is not UTF-8 text (byte {exc.start} is "
+            f"{data[exc.start : exc.start + 1]!r})",
+            hint="save it as CSV UTF-8",
+        ) from exc
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise InputError(f"list file {path} has no rows", hint=_LIST_HINT)
+    header = [name.strip().lower() for name in _cells(lines[0][1])]
+    missing = [name for name in LIST_COLUMNS if name not in header]
     if missing:
         raise InputError(
-            f"list file {path} lacks column(s) {', '.join(sorted(missing))}",
-            hint="first line: lr,ref,mask,output",
+            f"list file {path} lacks column(s) {', '.join(missing)} (found: {', '.join(header)})",
+            hint=_LIST_HINT,
+        )
+    if output_dir is not None and not output_dir.is_dir():
+        raise OutputError(
+            f"-o {output_dir}: with --from-list, -o must be an existing folder",
+            hint=f"mkdir -p {output_dir}",
         )
     base = path.parent
-    jobs = []
-    for number, row in enumerate(rows, start=2):
-        lr = base / row["lr"].strip()
-        if row.get("output"):
-            output = base / row["output"].strip()
-        elif output_dir is not None:
-            output = output_dir / f"{lr.stem}_sr.tif"
-        else:
+    rows: list[tuple[int, dict[str, str]]] = []
+    for number, line in lines[1:]:
+        cells = _cells(line)
+        if len(cells) != len(header):
             raise InputError(
-                f"list file {path}, line {number}: no output given",
-                hint="add an output column or pass -o DIR",
+                f"list file {path}, line {number}: {len(cells)} cell(s), the header has "
+                f"{len(header)} ({', '.join(header)})",
+                hint="quote paths with commas in double quotes",
             )
+        row = {name: cell.strip() for name, cell in zip(header, cells, strict=True)}
+        empty = [name for name in LIST_COLUMNS if not row[name]]
+        if empty:
+            raise InputError(f"list file {path}, line {number}: empty {', '.join(empty)}")
+        rows.append((number, row))
+    if not rows:
+        raise InputError(f"list file {path} has a header but no rows", hint=_LIST_HINT)
+    unnamed = [base / row["lr"] for _, row in rows if not row.get("output")]
+    if unnamed and output_dir is None:
+        number = next(n for n, row in rows if not row.get("output"))
+        raise InputError(
+            f"list file {path}, line {number}: no output given",
+            hint="add an output column or pass -o DIR",
+        )
+    named = iter(output_names(unnamed, output_dir) if output_dir is not None else [])
+    jobs = []
+    for _, row in rows:
+        output = (output_dir or base) / row["output"] if row.get("output") else next(named)
         jobs.append(
             UpscaleJob(
-                lr=lr, ref=base / row["ref"].strip(), mask=base / row["mask"].strip(), output=output
+                lr=base / row["lr"], ref=base / row["ref"], mask=base / row["mask"], output=output
             )
         )
     return jobs
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of one CSV line (quotes and commas inside them as CSV has them)."""
+    return next(csv.reader([line]), [])
+
+
+def output_names(lrs: Sequence[Path], folder: Path) -> list[Path]:
+    """``<folder>/<lr stem>_sr.tif`` per LR; LRs of the same name in different folders get
+    their folder's name in front (``a/x.tif``, ``b/x.tif`` -> ``a_x_sr.tif``, ``b_x_sr.tif``).
+
+    Raises:
+        InputError: two LRs would still get one name (the same file listed twice, or folders
+            of the same name).
+    """
+    stems = [lr.stem for lr in lrs]
+    names = [
+        f"{lr.absolute().parent.name}_{lr.stem}_sr.tif"
+        if stems.count(lr.stem) > 1
+        else f"{lr.stem}_sr.tif"
+        for lr in lrs
+    ]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        sources = [str(lr) for lr, name in zip(lrs, names, strict=True) if name == clashes[0]]
+        raise InputError(
+            f"{', '.join(sources)} would all be written to {folder / clashes[0]}",
+            hint="give each row an output column (or rename the LR files)",
+        )
+    return [folder / name for name in names]
 
 
 def run_batch(

@@ -37,7 +37,7 @@ def resolve_jobs(
     lr: list[Path], ref: Path | None, mask: Path | None, output: Path | None, from_list: Path | None
 ) -> list[Any]:
     """Turn positional inputs or a list file into upscale jobs with explicit output paths."""
-    from refdiff_cli.batch import jobs_from_list
+    from refdiff_cli.batch import jobs_from_list, output_names
     from refdiff_cli.geo.write import check_output_name
     from refdiff_cli.upscale import UpscaleJob
 
@@ -58,7 +58,7 @@ def resolve_jobs(
     if len(lr) > 1 or output.is_dir():
         if not output.is_dir():
             raise ConfigError(f"-o {output}: with several inputs, -o must be an existing folder")
-        outputs = [output / f"{path.stem}_sr.tif" for path in lr]
+        outputs = output_names(lr, output)
     else:
         outputs = [output]
     return [
@@ -84,7 +84,12 @@ def upscale_command(
         typer.Option("--output", "-o", help="Output GeoTIFF, or a folder for several inputs."),
     ] = None,
     from_list: Annotated[
-        Path | None, typer.Option("--from-list", help="CSV with columns lr,ref,mask[,output].")
+        Path | None,
+        typer.Option(
+            "--from-list",
+            help="CSV with columns lr,ref,mask[,output]: paths relative to the CSV's folder, "
+            "outputs to -o DIR when given.",
+        ),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs.")

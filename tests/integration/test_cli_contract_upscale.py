@@ -254,3 +254,97 @@ def test_repeatable_options_stay_repeatable(triplet: dict[str, Path], tmp_path: 
     co = ["--co", "COMPRESS=DEFLATE", "--co", "ZLEVEL=1"]
     result = run_cli(upscale(triplet, out, *co))
     assert result.returncode == 0, result.stderr
+
+
+# -- item 5: --from-list as spreadsheets and cron jobs write it --------------------------------
+
+
+def from_list(listing: Path, *extra: str) -> list[str]:
+    return ["upscale", "--from-list", str(listing), "--engine", "bicubic", "--json", *extra]
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"lr,ref,mask\nlr.tif,ref.tif\n", "line 2: 2 cell(s), the header has 3"),
+        (b"lr,ref,mask\nlr-\xe9.tif,ref.tif,cd.tif\n", "is not UTF-8 text"),
+        (b"lr,ref\nlr.tif,ref.tif\n", "lacks column(s) mask"),
+        (b"lr,ref,mask\n,ref.tif,cd.tif\n", "line 2: empty lr"),
+        (b"lr,ref,mask\n", "has a header but no rows"),
+    ],
+)
+def test_bad_list_files_are_input_errors(
+    triplet: dict[str, Path], tmp_path: Path, content: bytes, needle: str
+) -> None:
+    listing = tmp_path / "jobs.csv"
+    listing.write_bytes(content)
+    result = run_cli(from_list(listing, "-o", str(tmp_path)))
+    assert result.returncode == 3, result.stderr
+    last = last_line(result.stderr)
+    assert needle in last and str(listing) in last, last
+    assert json.loads(result.stdout)["exit_code"] == 3
+
+
+def test_excel_csv_with_bom_and_crlf(triplet: dict[str, Path], tmp_path: Path) -> None:
+    listing = tmp_path / "jobs.csv"
+    listing.write_bytes(b"\xef\xbb\xbfLR,Ref,Mask\r\nlr.tif,ref.tif,cd.tif\r\n")
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    result = run_cli(from_list(listing, "-o", str(outs)))
+    assert result.returncode == 0, result.stderr
+    assert (outs / "lr_sr.tif").is_file()
+
+
+def test_output_column_is_relative_to_the_o_folder(
+    triplet: dict[str, Path], tmp_path: Path
+) -> None:
+    listing = tmp_path / "jobs.csv"
+    listing.write_text("lr,ref,mask,output\nlr.tif,ref.tif,cd.tif,named.tif\n")
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    result = run_cli(from_list(listing, "-o", str(outs)))
+    assert result.returncode == 0, result.stderr
+    assert (outs / "named.tif").is_file()
+    assert not (tmp_path / "named.tif").exists(), "-o was ignored"
+
+
+def test_output_column_without_o_is_relative_to_the_list(
+    triplet: dict[str, Path], tmp_path: Path
+) -> None:
+    listing = tmp_path / "jobs.csv"
+    listing.write_text("lr,ref,mask,output\nlr.tif,ref.tif,cd.tif,named.tif\n")
+    result = run_cli(from_list(listing))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "named.tif").is_file()
+
+
+def test_same_lr_names_in_different_folders_do_not_collide(
+    triplet: dict[str, Path], tmp_path: Path
+) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "scene.tif").write_bytes(triplet["lr"].read_bytes())
+    listing = tmp_path / "jobs.csv"
+    listing.write_text("lr,ref,mask\na/scene.tif,ref.tif,cd.tif\nb/scene.tif,ref.tif,cd.tif\n")
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    result = run_cli(from_list(listing, "-o", str(outs)))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in outs.iterdir()) == ["a_scene_sr.tif", "b_scene_sr.tif"]
+    positional = tmp_path / "positional"
+    positional.mkdir()
+    args = upscale(triplet, positional)
+    args[1:2] = [str(tmp_path / "a" / "scene.tif"), str(tmp_path / "b" / "scene.tif")]
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in positional.iterdir()) == ["a_scene_sr.tif", "b_scene_sr.tif"]
+
+
+def test_the_same_lr_listed_twice_is_refused_up_front(
+    triplet: dict[str, Path], tmp_path: Path
+) -> None:
+    listing = tmp_path / "jobs.csv"
+    listing.write_text("lr,ref,mask\nlr.tif,ref.tif,cd.tif\nlr.tif,ref.tif,cd.tif\n")
+    result = run_cli(from_list(listing, "-o", str(tmp_path)))
+    assert result.returncode == 3, result.stderr
+    assert "would all be written to" in last_line(result.stderr)
