@@ -21,7 +21,7 @@ from refdiff_cli.errors import (
     RefdiffError,
 )
 from refdiff_cli.events import EventHandler, ignore_event
-from refdiff_cli.geo.write import check_output_name, read_completion_tags
+from refdiff_cli.geo.write import check_output_name, read_completion_tags, verify_raster
 from refdiff_cli.upscale import UpscaleJob, UpscaleReport, params_hash, upscale
 
 logger = logging.getLogger(__name__)
@@ -252,10 +252,10 @@ def run_batch(
 
 
 def _already_done(job: UpscaleJob, engine: Engine, options: UpscaleOptions) -> bool:
-    """True when the output is complete and was made with the same parameters and inputs.
+    """True when the output is complete, intact and made with the same parameters and inputs.
 
-    A complete output with other parameters is an error: it is neither silently kept nor
-    silently replaced.
+    A complete output with other parameters, or one whose blocks no longer decode, is an
+    error: it is neither silently kept nor silently replaced.
     """
     if not job.output.exists():
         return False
@@ -270,4 +270,11 @@ def _already_done(job: UpscaleJob, engine: Engine, options: UpscaleOptions) -> b
             f"{job.output} exists with different parameters or inputs",
             hint="use --overwrite to replace it",
         )
+    try:  # complete means intact too: every block (and overview) must decode
+        verify_raster(job.output)
+    except OutputError as exc:
+        raise OutputError(
+            f"{job.output} is marked complete but does not read back: {exc.message}",
+            hint="use --overwrite to replace it",
+        ) from exc
     return True

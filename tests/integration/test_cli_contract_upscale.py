@@ -348,3 +348,29 @@ def test_the_same_lr_listed_twice_is_refused_up_front(
     result = run_cli(from_list(listing, "-o", str(tmp_path)))
     assert result.returncode == 3, result.stderr
     assert "would all be written to" in last_line(result.stderr)
+
+
+# -- item 2: --skip-existing keeps only outputs that read back ---------------------------------
+
+
+def test_skip_existing_refuses_a_complete_output_with_garbage_blocks(
+    triplet: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "sr.tif"
+    assert run_cli(upscale(triplet, out)).returncode == 0
+    again = run_cli(upscale(triplet, out, "--skip-existing", "--json"))
+    assert again.returncode == 0 and json.loads(again.stdout)["status"] == "skipped"
+    with rasterio.open(out) as src:
+        assert src.tags()["REFDIFF_COMPLETE"] == "1"
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    with out.open("r+b") as handle:  # the header and tags stay; the first block is garbage
+        handle.seek(offset)
+        handle.write(np.random.default_rng(0).integers(0, 255, size, np.uint8).tobytes())
+    corrupt = out.read_bytes()
+    result = run_cli(upscale(triplet, out, "--skip-existing", "--json"))
+    assert result.returncode == 4, result.stderr
+    last = last_line(result.stderr)
+    assert "is marked complete but does not read back" in last and "--overwrite" in last, last
+    assert json.loads(result.stdout)["status"] == "failed"
+    assert out.read_bytes() == corrupt, "the output was replaced without --overwrite"
