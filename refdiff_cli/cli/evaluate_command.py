@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from refdiff_cli.cli import options as shared
 from refdiff_cli.cli import render
 from refdiff_cli.cli.upscale_command import parse_bands
-from refdiff_cli.config import TilingConfig
+from refdiff_cli.config import MaskGrid, TilingConfig
 from refdiff_cli.errors import ConfigError
+
+#: --layout and --lr-kind values (``evaluate_inputs.LayoutName``, ``data.layouts.LrKind``:
+#: not imported here, to keep ``refdiff --help`` free of numpy and rasterio).
+LayoutChoice = Literal["auto", "cd", "paper", "csv"]
+LrKindChoice = Literal["bicubic", "real"]
 
 METHODS_HELP = (
     "Comma-separated engine methods: bicubic (LR upsampling), ref (copy the reference), hpf "
@@ -62,7 +67,7 @@ def evaluate_command(
         ),
     ],
     layout: Annotated[
-        str, typer.Option("--layout", help="auto, cd, paper or csv (auto: from the path).")
+        LayoutChoice, typer.Option("--layout", help="Dataset layout (auto: from the path).")
     ] = "auto",
     scale: Annotated[
         int | None,
@@ -72,8 +77,8 @@ def evaluate_command(
         ),
     ] = None,
     lr_kind: Annotated[
-        str | None,
-        typer.Option("--lr-kind", help="Paper layout: bicubic or real LR folder."),
+        LrKindChoice | None,
+        typer.Option("--lr-kind", help="Paper layout: the bicubic or the real LR folder."),
     ] = None,
     methods: Annotated[str | None, typer.Option("--methods", help=METHODS_HELP)] = None,
     sr_dir: Annotated[
@@ -103,7 +108,7 @@ def evaluate_command(
     ] = None,
     ref_bidx: shared.RefBidx = None,
     mask_grid: Annotated[
-        str,
+        MaskGrid,
         typer.Option("--mask-grid", help="CSV sets: 'own', or the 'ref' or 'lr' grid."),
     ] = "own",
     mask_encoding: Annotated[
@@ -160,20 +165,20 @@ def evaluate_command(
     options = EvalOptions(
         methods=parse_methods(methods),
         sr_dirs=parse_sr_dirs(sr_dir),
-        layout=layout,  # type: ignore[arg-type]
+        layout=layout,
         scale=scale,
-        lr_kind=lr_kind,  # type: ignore[arg-type]
+        lr_kind=lr_kind,
         mask_encoding=mask_encoding,
         bands=parse_bands(bidx, "-b/--bidx"),
         ref_bands=parse_bands(ref_bidx, "--ref-bidx"),
-        mask_grid=mask_grid,  # type: ignore[arg-type]
+        mask_grid=mask_grid,
         model=model,
         model_sha256=model_sha256,
         steps=steps,
-        sampler=sampler,  # type: ignore[arg-type]
+        sampler=sampler,
         seed=seed,
         device=device,
-        precision=precision,  # type: ignore[arg-type]
+        precision=precision,
         batch_size=batch_size,
         tiling=TilingConfig(tile_px=tile, overlap_px=overlap),
         border=border,

@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from refdiff_cli.config import Precision as PrecisionName
+from refdiff_cli.config import SamplerName
+
 Model = Annotated[
     Path | None,
     typer.Option(
@@ -27,7 +30,8 @@ Steps = Annotated[
     int | None, typer.Option("--steps", help="Sampler steps [default: from the model card].")
 ]
 Sampler = Annotated[
-    str | None, typer.Option("--sampler", help="heun or euler [default: from the model card].")
+    SamplerName | None,
+    typer.Option("--sampler", help="ODE sampler [default: from the model card]."),
 ]
 Seed = Annotated[
     int,
@@ -41,8 +45,13 @@ Device = Annotated[
     str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", envvar="REFDIFF_DEVICE")
 ]
 Precision = Annotated[
-    str,
-    typer.Option("--precision", help="fp32, bf16 or fp16 (GPU).", envvar="REFDIFF_PRECISION"),
+    PrecisionName,
+    typer.Option(
+        "--precision",
+        help="Compute precision (fp16: GPU only; bf16: fast on GPUs and CPUs with bf16 "
+        "instructions).",
+        envvar="REFDIFF_PRECISION",
+    ),
 ]
 BatchSize = Annotated[
     int,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -14,9 +14,13 @@ from refdiff_cli.cli import render
 from refdiff_cli.cli.upscale_command import parse_bands
 
 LAYOUT_HELP = (
-    "auto (per SRC: .csv list, cd or paper folder; image folder with --synthesize-changes), "
-    "cd, paper, csv or images."
+    "Source layout; auto: per SRC, a .csv list, a cd or paper folder, or an image folder with "
+    "--synthesize-changes."
 )
+#: --layout and --mask-grid values (``data.prepare_sources.LayoutOption`` and
+#: ``MaskGridOption``: not imported here, to keep ``refdiff --help`` free of torch).
+LayoutChoice = Literal["auto", "cd", "paper", "csv", "images"]
+MaskGridChoice = Literal["own", "ref", "hr"]
 MASK_HELP = (
     "auto (cd: binary, paper: grey class codes, CSV: from the values), binary, grey, or a "
     "class table file (JSON/CSV)."
@@ -62,7 +66,7 @@ def prepare_command(
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Chips folder to write.")],
-    layout: Annotated[str, typer.Option("--layout", help=LAYOUT_HELP)] = "auto",
+    layout: Annotated[LayoutChoice, typer.Option("--layout", help=LAYOUT_HELP)] = "auto",
     scale: Annotated[
         int, typer.Option("--scale", help="Super-resolution factor; chip offsets are multiples.")
     ] = 8,
@@ -84,7 +88,7 @@ def prepare_command(
         str | None, typer.Option("--bidx", "-b", help="Bands to use, 1-based, e.g. 3,2,1.")
     ] = None,
     mask_grid: Annotated[
-        str,
+        MaskGridChoice,
         typer.Option(
             "--mask-grid",
             help="CSV masks without georeferencing: borrow the 'ref' or 'hr' grid ('own': none).",
@@ -117,7 +121,7 @@ def prepare_command(
     from refdiff_cli.data.prepare import PrepareOptions, prepare
 
     options = PrepareOptions(
-        layout=layout,  # type: ignore[arg-type]
+        layout=layout,
         scale=scale,
         chip_px=chip,
         stride_px=stride,
@@ -125,7 +129,7 @@ def prepare_command(
         seed=seed,
         mask_encoding=mask_encoding,
         bands=parse_bands(bidx, "-b/--bidx"),
-        mask_grid=mask_grid,  # type: ignore[arg-type]
+        mask_grid=mask_grid,
         synthesize_changes=synthesize_changes,
         min_valid=min_valid,
         overwrite=overwrite,

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from refdiff_cli.cli import render
-from refdiff_cli.config import TrainConfig, from_dict, load_file
+from refdiff_cli.config import (
+    TrainConfig,
+    TrainLRMethod,
+    TrainPrecision,
+    TrainTarget,
+    from_dict,
+    load_file,
+)
 from refdiff_cli.errors import EXIT_SIGINT, Interrupted
 
 #: What an interrupted training run leaves: the error line (and --json) says so.
 RESUME = "checkpoint saved, rerun to resume"
+#: The values a flag falls back to when neither it nor the --config file gives one.
+DEFAULTS = TrainConfig()
+PresetName = Literal["tiny", "small", "paper"]
+
+
+def _default(value: object) -> str:
+    """The help suffix naming a flag's default (the flags are None so --config can set them)."""
+    return f"  [default: {value} unless --config sets it]"
 
 
 def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -38,41 +53,78 @@ def train_command(
         typer.Option("--config", help="TOML or JSON file of TrainConfig keys ([network] table)."),
     ] = None,
     preset: Annotated[
-        str | None, typer.Option("--preset", help="Network preset: tiny, small or paper.")
+        PresetName | None,
+        typer.Option("--preset", help="Network preset." + _default(DEFAULTS.preset)),
     ] = None,
     steps: Annotated[
-        int | None, typer.Option("--steps", help="Optimizer steps in total (raise to continue).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Global batch over all processes.")
-    ] = None,
-    crop: Annotated[
-        int | None, typer.Option("--crop", help="Training crop edge in HR pixels.")
-    ] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")] = None,
-    lr_method: Annotated[
-        str | None,
-        typer.Option("--lr-method", help="LR images: realistic, bicubic or stored (the chips')."),
-    ] = None,
-    target: Annotated[
-        str | None,
+        int | None,
         typer.Option(
-            "--target",
-            help="What the model generates: hr (the paper) or residual (HR - LR_up).",
+            "--steps",
+            help="Optimizer steps in total (raise to continue)." + _default(DEFAULTS.steps),
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of every random draw.")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            help="Global batch over all processes." + _default(DEFAULTS.batch_size),
+        ),
+    ] = None,
+    crop: Annotated[
+        int | None,
+        typer.Option(
+            "--crop", help="Training crop edge in HR pixels." + _default(DEFAULTS.crop_px)
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr",
+            "--learning-rate",
+            help="Adam learning rate (not the LR image)." + _default(DEFAULTS.lr),
+        ),
+    ] = None,
+    lr_method: Annotated[
+        TrainLRMethod | None,
+        typer.Option(
+            "--lr-method",
+            help="How LR images are made: realistic degradation, bicubic, or stored (the "
+            "chips')." + _default(DEFAULTS.lr_method),
+        ),
+    ] = None,
+    target: Annotated[
+        TrainTarget | None,
+        typer.Option(
+            "--target",
+            help="What the model generates: hr (the paper) or residual (HR - LR_up)."
+            + _default(DEFAULTS.target),
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="Seed of every random draw." + _default(DEFAULTS.seed)),
+    ] = None,
     device: Annotated[
-        str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
+        str | None,
+        typer.Option("--device", help="auto, cpu, cuda or cuda:N." + _default(DEFAULTS.device)),
     ] = None,
     precision: Annotated[
-        str | None, typer.Option("--precision", help="fp32, or bf16 (CUDA only).")
+        TrainPrecision | None,
+        typer.Option("--precision", help="bf16: CUDA only." + _default(DEFAULTS.precision)),
     ] = None,
     checkpoint_every: Annotated[
-        int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints.")
+        int | None,
+        typer.Option(
+            "--checkpoint-every",
+            help="Steps between checkpoints." + _default(DEFAULTS.checkpoint_every),
+        ),
     ] = None,
     val_every: Annotated[
-        int | None, typer.Option("--val-every", help="Steps between validations (0: at the end).")
+        int | None,
+        typer.Option(
+            "--val-every",
+            help="Steps between validations (0: at the end)." + _default(DEFAULTS.val_every),
+        ),
     ] = None,
     dry_run: Annotated[
         bool,

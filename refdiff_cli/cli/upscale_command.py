@@ -9,7 +9,14 @@ import typer
 
 from refdiff_cli.cli import options as shared
 from refdiff_cli.cli import render
-from refdiff_cli.config import SAMPLER_PRESETS, TilingConfig, UpscaleOptions
+from refdiff_cli.config import (
+    SAMPLER_PRESETS,
+    EngineName,
+    MaskGrid,
+    StartName,
+    TilingConfig,
+    UpscaleOptions,
+)
 from refdiff_cli.errors import ConfigError
 
 ENGINE_HELP = (
@@ -73,15 +80,28 @@ def upscale_command(
     ] = [],  # noqa: B006
     ref: Annotated[
         Path | None,
-        typer.Option("--ref", help="Older high-resolution reference GeoTIFF (any CRS/grid)."),
+        typer.Option(
+            "--ref",
+            help="Older high-resolution reference GeoTIFF (any CRS/grid).  [required without "
+            "--from-list]",
+        ),
     ] = None,
     mask: Annotated[
         Path | None,
-        typer.Option("--mask", help="Change mask GeoTIFF: nonzero where land cover changed."),
+        typer.Option(
+            "--mask",
+            help="Change mask GeoTIFF: nonzero where land cover changed.  [required without "
+            "--from-list]",
+        ),
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Output GeoTIFF, or a folder for several inputs."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output GeoTIFF, or a folder for several inputs.  [required without "
+            "--from-list]",
+        ),
     ] = None,
     from_list: Annotated[
         Path | None,
@@ -101,7 +121,7 @@ def upscale_command(
         ),
     ] = False,
     engine: Annotated[
-        str, typer.Option("--engine", help=ENGINE_HELP, envvar="REFDIFF_ENGINE")
+        EngineName, typer.Option("--engine", help=ENGINE_HELP, envvar="REFDIFF_ENGINE")
     ] = "auto",
     model: shared.Model = None,
     model_sha256: shared.ModelSha256 = None,
@@ -122,7 +142,7 @@ def upscale_command(
         ),
     ] = None,
     start: Annotated[
-        str | None,
+        StartName | None,
         typer.Option(
             "--start", help="Start the chain from 'noise' or from sigma_max * LR_up ('lr')."
         ),
@@ -155,7 +175,7 @@ def upscale_command(
     ] = None,
     ref_bidx: shared.RefBidx = None,
     mask_grid: Annotated[
-        str,
+        MaskGrid,
         typer.Option(
             "--mask-grid",
             help="'own', or borrow the 'ref' or 'lr' grid for a mask without georeferencing.",
@@ -187,23 +207,23 @@ def upscale_command(
     check_creation_options(co, cog=cog)
 
     options = UpscaleOptions(
-        engine=engine,  # type: ignore[arg-type]
+        engine=engine,
         model=model,
         model_sha256=model_sha256,
         scale=scale,
         tiling=TilingConfig(tile_px=tile, overlap_px=overlap, margin_px=margin),
         sampler_preset=sampler_preset,
-        sampler=sampler,  # type: ignore[arg-type]
+        sampler=sampler,
         steps=steps,
-        start=start,  # type: ignore[arg-type]
+        start=start,
         S_churn=churn,
         seed=seed,
         device=device,
-        precision=precision,  # type: ignore[arg-type]
+        precision=precision,
         batch_size=batch_size,
         bands=parse_bands(bidx, "-b/--bidx"),
         ref_bands=parse_bands(ref_bidx, "--ref-bidx"),
-        mask_grid=mask_grid,  # type: ignore[arg-type]
+        mask_grid=mask_grid,
         mask_encoding=mask_encoding,
         creation_options=tuple(co),
         cog=cog,
