@@ -99,8 +99,7 @@ def upscale_command(
         typer.Option(
             "--output",
             "-o",
-            help="Output GeoTIFF, or a folder for several inputs.  [required without "
-            "--from-list]",
+            help="Output GeoTIFF, or a folder for several inputs.  [required without --from-list]",
         ),
     ] = None,
     from_list: Annotated[
