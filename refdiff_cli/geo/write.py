@@ -721,7 +721,7 @@ def _gdal_io(out: Path, action: str) -> Iterator[None]:
     except OutputError:
         raise
     except (rasterio.errors.RasterioError, OSError) as exc:
-        raise _failure(out, action, str(exc), exc, printed) from exc
+        raise _failure(out, action, _explained(exc), exc, printed) from exc
     finally:
         gdal_logger.removeFilter(collector)
         gdal_logger.setLevel(old_level)
@@ -733,6 +733,14 @@ def _gdal_io(out: Path, action: str) -> Iterator[None]:
         raise _failure(out, action, failed[0], None, printed)
     for line in printed:  # no failure: pass the lines on as log records
         logger.warning("GDAL: %s", line)
+
+
+def _explained(exc: BaseException) -> str:
+    """rasterio's "Read failed. See previous exception for details." with that exception."""
+    cause = exc.__cause__ or exc.__context__
+    if "previous exception" in str(exc) and cause is not None:
+        return str(cause)
+    return str(exc)
 
 
 @contextlib.contextmanager

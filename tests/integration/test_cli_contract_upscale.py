@@ -372,5 +372,6 @@ def test_skip_existing_refuses_a_complete_output_with_garbage_blocks(
     assert result.returncode == 4, result.stderr
     last = last_line(result.stderr)
     assert "is marked complete but does not read back" in last and "--overwrite" in last, last
+    assert "IReadBlock failed" in last and "previous exception" not in last, last
     assert json.loads(result.stdout)["status"] == "failed"
     assert out.read_bytes() == corrupt, "the output was replaced without --overwrite"
