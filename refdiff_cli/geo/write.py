@@ -206,7 +206,7 @@ def check_creation_options(items: Sequence[str], *, cog: bool = False) -> dict[s
     if problems:
         given = " ".join(f"--co {name}={value}" for name, value in options.items())
         raise ConfigError(
-            f"{given}: {'; '.join(problems)}",
+            f"{given}: {problems[0].rstrip('.')}",  # GDAL's first complaint says the most
             hint=f"see the creation options of GDAL's {'COG' if cog else 'GTiff'} driver; names "
             "and values must be exact, e.g. --co COMPRESS=DEFLATE",
         )
