@@ -144,7 +144,8 @@ def prepare_command(
     if as_json:
         render.print_json(report.to_dict())
     else:
-        print_summary(report)
+        with render.reader_may_leave():
+            print_summary(report)
     return 0
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -107,18 +109,27 @@ class ProgressRenderer:
             self._bar = None
 
 
-def print_json(data: Any) -> None:
-    """Write one JSON document to stdout (stdout carries nothing else with --json).
+@contextlib.contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """Print to stdout inside; a reader that went away (``refdiff ... | head -c1``) is no error.
 
-    A reader that went away (``refdiff ... --json | head -c1``) is not an error of the run:
-    stdout is pointed at /dev/null so the exit code still reports the work itself.
+    stdout is then pointed at /dev/null, so the exit code still reports the work itself.
     """
     try:
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        yield
         sys.stdout.flush()
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+    except SystemExit as exc:  # rich's Console exits 1 on a broken pipe (stdout already moved)
+        if not isinstance(exc.__context__, BrokenPipeError):
+            raise
+
+
+def print_json(data: Any) -> None:
+    """Write one JSON document to stdout (stdout carries nothing else with --json)."""
+    with reader_may_leave():
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def print_error(message: str) -> None:
@@ -128,6 +139,11 @@ def print_error(message: str) -> None:
 
 def print_batch_summary(report: Any) -> None:
     """Human summary of an upscale batch on stdout: one row per item, then the counts."""
+    with reader_may_leave():
+        _print_batch_summary(report)
+
+
+def _print_batch_summary(report: Any) -> None:
     from rich.table import Table
 
     console = Console(no_color="NO_COLOR" in os.environ, highlight=False)
@@ -188,6 +204,11 @@ def print_evaluation(report: dict[str, Any]) -> None:
     Args:
         report: ``EvalReport.to_dict()``; a metric column appears when some method defines it.
     """
+    with reader_may_leave():
+        _print_evaluation(report)
+
+
+def _print_evaluation(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(no_color="NO_COLOR" in os.environ, highlight=False)

@@ -176,10 +176,12 @@ def train_command(
     if as_json:
         render.print_json(report.to_dict())
     else:
-        print(
-            f"trained {output} to step {report.step} ({report.images_seen} images, "
-            f"{report.skipped_steps} skipped steps) in {report.seconds:.1f} s; model {report.model}"
-        )
+        with render.reader_may_leave():
+            print(
+                f"trained {output} to step {report.step} ({report.images_seen} images, "
+                f"{report.skipped_steps} skipped steps) in {report.seconds:.1f} s; "
+                f"model {report.model}"
+            )
     return 0
 
 

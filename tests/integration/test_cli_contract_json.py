@@ -17,6 +17,7 @@ from tests.conftest import RasterFactory, run_cli
 LR_TRANSFORM = Affine(4.0, 0.0, 500_000.0, 0.0, -4.0, 5_000_000.0)
 HR_TRANSFORM = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 5_000_000.0)
 CLI = (sys.executable, "-m", "refdiff_cli")
+BICUBIC = ("--engine", "bicubic")
 BICUBIC_SMALL_TILES = (
     "--engine",
     "bicubic",
@@ -107,3 +108,40 @@ def test_signals_print_a_message_and_json(
     doc = failed_document(stdout, code)
     assert doc["error"] == "Interrupted"
     assert not out.exists()
+
+
+def run_with_stdout_closed(args: list[str]) -> tuple[int, str]:
+    """Run refdiff with the read end of its stdout closed: every write to stdout fails."""
+    process = subprocess.Popen(
+        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_reader_that_went_away_does_not_change_the_exit_code(
+    make_raster: RasterFactory, tmp_path: Path, as_json: bool
+) -> None:
+    """`refdiff ... | head -c1`: typer 0.29 and rich turned the closed pipe into exit 1."""
+    args = triplet(make_raster, 24, 32)
+    out = tmp_path / "sr.tif"
+    extra = ["--json"] if as_json else []
+    code, stderr = run_with_stdout_closed(["upscale", *args, "-o", str(out), *BICUBIC, *extra])
+    assert code == 0, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert out.is_file()
+    code, stderr = run_with_stdout_closed(["upscale", *args, "-o", str(out), *BICUBIC, *extra])
+    assert code == 4, stderr  # the output exists: the failure's own code, not 0 or 1
+    assert stderr.strip().splitlines()[-1].endswith("(use --overwrite to replace it)")
+
+
+def test_evaluate_table_to_a_reader_that_went_away(tmp_path: Path) -> None:
+    from tests.integration.test_evaluate_cli import make_cd
+
+    root = make_cd(tmp_path / "cd")
+    code, stderr = run_with_stdout_closed(["evaluate", str(root), "--scale", "8"])
+    assert code == 0, stderr
+    assert "Traceback" not in stderr, stderr
