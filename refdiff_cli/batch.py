@@ -21,7 +21,12 @@ from refdiff_cli.errors import (
     RefdiffError,
 )
 from refdiff_cli.events import EventHandler, ignore_event
-from refdiff_cli.geo.write import check_output_name, read_completion_tags, verify_raster
+from refdiff_cli.geo.write import (
+    check_output_name,
+    preflight_output,
+    read_completion_tags,
+    verify_raster,
+)
 from refdiff_cli.upscale import UpscaleJob, UpscaleReport, params_hash, upscale
 
 logger = logging.getLogger(__name__)
@@ -222,6 +227,13 @@ def run_batch(
                     ItemResult(lr=job.lr, output=job.output, status="skipped", seconds=0.0)
                 )
                 continue
+            # The output's place first: a clash must not wait for the inputs to be decoded.
+            preflight_output(
+                job.output,
+                inputs=[job.lr, job.ref, job.mask],
+                overwrite=options.overwrite,
+                raw_bytes=0,
+            )
             report = upscale(job, engine, options, on_event=on_event)
             results.append(
                 ItemResult(

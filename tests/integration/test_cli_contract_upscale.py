@@ -375,3 +375,27 @@ def test_skip_existing_refuses_a_complete_output_with_garbage_blocks(
     assert "IReadBlock failed" in last and "previous exception" not in last, last
     assert json.loads(result.stdout)["status"] == "failed"
     assert out.read_bytes() == corrupt, "the output was replaced without --overwrite"
+
+
+# -- item 3 (part): the output is checked before the inputs are decoded -----------------------
+
+
+def test_existing_output_is_reported_before_decoding_the_inputs(
+    triplet: dict[str, Path], tmp_path: Path
+) -> None:
+    """An LR whose blocks are garbage: the output clash is what is reported (exit 4, not 3)."""
+    lr = triplet["lr"]
+    with rasterio.open(lr) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    with lr.open("r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xff" * size)
+    out = tmp_path / "sr.tif"
+    out.write_bytes(b"precious")
+    result = run_cli(upscale(triplet, out))
+    assert result.returncode == 4, result.stderr
+    assert last_line(result.stderr).endswith("already exists (use --overwrite to replace it)")
+    assert out.read_bytes() == b"precious"
+    out.unlink()
+    assert run_cli(upscale(triplet, out)).returncode == 3, "the LR was meant to be corrupt"
