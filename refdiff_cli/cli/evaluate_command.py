@@ -64,6 +64,7 @@ def evaluate_command(
             help="Dataset: a cd folder (A/, B/, label/), a paper folder (HR_512/, Ref/, "
             "CD_mask/, Bic_LR_D8_32/...) or a CSV of GeoTIFF sets lr,ref,mask,hr.",
             show_default=False,
+            metavar="DATASET",
         ),
     ],
     layout: Annotated[

@@ -40,7 +40,10 @@ def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> Train
 def train_command(
     ctx: typer.Context,
     chips: Annotated[
-        Path, typer.Argument(help="Chips folder written by `refdiff prepare`.", show_default=False)
+        Path,
+        typer.Argument(
+            help="Chips folder written by `refdiff prepare`.", show_default=False, metavar="CHIPS"
+        ),
     ],
     output: Annotated[
         Path,

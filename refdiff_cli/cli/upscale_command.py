@@ -76,7 +76,10 @@ def resolve_jobs(
 def upscale_command(
     ctx: typer.Context,
     lr: Annotated[
-        list[Path], typer.Argument(help="Low-resolution GeoTIFF(s) to upscale.", show_default=False)
+        list[Path],
+        typer.Argument(
+            help="Low-resolution GeoTIFF(s) to upscale.", show_default=False, metavar="LR"
+        ),
     ] = [],  # noqa: B006
     ref: Annotated[
         Path | None,

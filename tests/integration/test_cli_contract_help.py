@@ -72,3 +72,16 @@ def test_ref_mask_and_output_say_when_they_are_required() -> None:
     for option in ("--ref <path>", "--mask <path>", "-o, --output <path>"):
         start = text.index(option)
         assert "[required without --from-" in text[start : start + 160], option  # may wrap
+
+
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [
+        ("upscale", "[OPTIONS] [LR]..."),
+        ("train", "[OPTIONS] {CHIPS}"),
+        ("evaluate", "[OPTIONS] {DATASET}"),
+        ("prepare", "[OPTIONS] {SRC}..."),
+    ],
+)
+def test_arguments_are_named_alike(command: str, usage: str) -> None:
+    assert help_of(command).splitlines()[0] == f"Usage: refdiff {command} {usage}"
