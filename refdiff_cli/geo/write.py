@@ -11,6 +11,7 @@ import math
 import os
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
 import zlib
@@ -93,6 +94,27 @@ def check_output_name(out: Path) -> None:
         )
 
 
+def check_replaceable(out: Path) -> None:
+    """Refuse to replace anything but a regular file or a link (a device, a pipe, a socket).
+
+    ``--overwrite`` replaces the output by rename: run as root on ``-o /dev/null`` it would
+    put a GeoTIFF in place of the device.
+
+    Raises:
+        OutputError: ``out`` exists and is neither a regular file nor a symbolic link (exit 4).
+    """
+    try:
+        mode = os.lstat(out).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+        raise OutputError(
+            f"output {out} exists and is not a regular file (a device, pipe or socket); "
+            "refdiff never replaces one",
+            hint="give -o the path of a file to create or replace",
+        )
+
+
 def _nearest_folder(folder: Path) -> Path:
     """``folder`` or its nearest existing ancestor (pathconf needs an existing path)."""
     for candidate in (folder, *folder.parents):
@@ -134,6 +156,7 @@ def preflight_output(out: Path, *, inputs: Sequence[Path], overwrite: bool, raw_
         )
     if out.is_dir():
         raise OutputError(f"output {out} is a directory", hint="give a file name with -o")
+    check_replaceable(out)
     try:
         fd, probe = tempfile.mkstemp(
             prefix=f".{out.name}.refdiff-probe-", suffix=".partial", dir=folder
@@ -424,6 +447,7 @@ class RasterWriter:
     def __enter__(self) -> RasterWriter:
         try:
             self._acquire_lock()
+            check_replaceable(self.out)
             if os.path.lexists(self.out) and not self.overwrite:
                 raise OutputError(
                     f"{self.out} already exists", hint="use --overwrite to replace it"

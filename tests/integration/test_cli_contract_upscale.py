@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -399,3 +400,21 @@ def test_existing_output_is_reported_before_decoding_the_inputs(
     assert out.read_bytes() == b"precious"
     out.unlink()
     assert run_cli(upscale(triplet, out)).returncode == 3, "the LR was meant to be corrupt"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "char device"])
+def test_overwrite_never_replaces_a_device_or_pipe(
+    triplet: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    """As root, `-o /dev/null --overwrite` put a GeoTIFF in place of the device."""
+    out = tmp_path / "special"
+    if kind == "fifo":
+        os.mkfifo(out)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to make a device node")
+        os.mknod(out, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a second /dev/null
+    result = run_cli(upscale(triplet, out, "--overwrite"))
+    assert result.returncode == 4, result.stderr
+    assert "is not a regular file" in last_line(result.stderr)
+    assert not out.is_file() and out.exists(), "the special file was replaced"
