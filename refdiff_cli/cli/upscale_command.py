@@ -247,6 +247,12 @@ def upscale_command(
         render.print_batch_summary(report)
     if len(jobs) == 1 and report.failed:
         render.print_error(report.failed[0].message or "failed")
+    elif report.failed:  # each failure was logged above; the last line sums them up
+        failed = [f"{item.output.name} ({item.error_class})" for item in report.failed]
+        render.print_error(
+            f"{len(failed)} of {len(jobs)} items failed: {', '.join(failed[:3])}"
+            + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        )
     return report.exit_code
 
 

@@ -418,3 +418,17 @@ def test_overwrite_never_replaces_a_device_or_pipe(
     assert result.returncode == 4, result.stderr
     assert "is not a regular file" in last_line(result.stderr)
     assert not out.is_file() and out.exists(), "the special file was replaced"
+
+
+def test_a_batch_with_failures_ends_with_one_error_line(
+    triplet: dict[str, Path], tmp_path: Path
+) -> None:
+    listing = tmp_path / "jobs.csv"
+    listing.write_text("lr,ref,mask\nlr.tif,ref.tif,cd.tif\nmissing.tif,ref.tif,cd.tif\n")
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    result = run_cli(from_list(listing, "-o", str(outs)))
+    assert result.returncode == 5, result.stderr
+    last = last_line(result.stderr)
+    assert last == "refdiff: error: 1 of 2 items failed: missing_sr.tif (InputError)", last
+    assert json.loads(result.stdout)["counts"] == {"written": 1, "failed": 1}
