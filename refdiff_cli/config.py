@@ -17,7 +17,9 @@ from refdiff_cli.errors import ConfigError
 from refdiff_cli.files import atomic_path
 
 SamplerName = Literal["heun", "euler"]
-StartName = Literal["noise", "lr"]
+StartName = Literal["noise", "lr", "mean"]
+#: What fills the reference slot of the network: the warped reference, or the guided estimate.
+ReferenceMode = Literal["raw", "guided"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 T = TypeVar("T")
@@ -71,7 +73,9 @@ class SamplerConfig:
         S_churn, S_min, S_max, S_noise: stochasticity; S_churn = 0 makes the sampler an ODE
             solver (deterministic given the start).
         start: "noise" starts from sigma_max * N(0, I); "lr" from sigma_max * LR_up, as the
-            public Ref-Diff release does.
+            public Ref-Diff release does; "mean" from 0, the mean of the noise distribution:
+            the first step then uses D(0; sigma_max), the model's estimate of the conditional
+            mean, and a deterministic sampler draws no noise at all (no seed-dependent bytes).
     """
 
     sampler: SamplerName = "heun"
@@ -98,7 +102,9 @@ class SamplerConfig:
         _require(self.rho > 0, "rho", f"{self.rho}; must be positive")
         _require(self.S_churn >= 0, "S_churn", f"{self.S_churn}; must be >= 0")
         _require(self.S_noise > 0, "S_noise", f"{self.S_noise}; must be positive")
-        _require(self.start in ("noise", "lr"), "start", f"{self.start!r}; use noise or lr")
+        _require(
+            self.start in ("noise", "lr", "mean"), "start", f"{self.start!r}; use noise, lr or mean"
+        )
 
     @property
     def network_evaluations(self) -> int:
@@ -196,7 +202,7 @@ def save_json(obj: Any, path: Path) -> None:
         temp.write_text(json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-EngineName = Literal["auto", "diffusion", "bicubic"]
+EngineName = Literal["auto", "diffusion", "guided", "bicubic"]
 MaskGrid = Literal["own", "ref", "lr"]
 
 
@@ -233,7 +239,11 @@ class UpscaleOptions:
     dry_run: bool = False
 
     def __post_init__(self) -> None:
-        _require(self.engine in ("auto", "diffusion", "bicubic"), "--engine", f"{self.engine!r}")
+        _require(
+            self.engine in ("auto", "diffusion", "guided", "bicubic"),
+            "--engine",
+            f"{self.engine!r}; use auto, diffusion, guided or bicubic",
+        )
         _require(self.batch_size >= 1, "--batch-size", f"{self.batch_size}; use at least 1")
         _require(self.precision in ("fp32", "bf16", "fp16"), "--precision", f"{self.precision!r}")
         _require(self.mask_grid in ("own", "ref", "lr"), "--mask-grid", f"{self.mask_grid!r}")
@@ -333,9 +343,20 @@ class TrainConfig:
         log_every: steps between ``stats.jsonl`` lines.
         val_every: steps between validations (0 = only at the end; none without val chips).
         val_chips: validation chips used (the first ones of the val split).
-        val_sampler_steps: deterministic Heun steps of the validation samples.
         grad_clip: clip the global gradient norm to this value, or None.
         max_bad_steps: consecutive steps with a non-finite loss or gradient before giving up.
+        reference: what the network's reference input holds: "raw" (the warped reference,
+            the paper) or "guided" (the guided estimate and its trust weight; the residual
+            target is then HR - guided estimate). See ``model/precond.prepare_conditions``.
+        synthesize_fraction: share of items whose reference is synthesised from their own
+            HR with realistic nuisances (``train_references.py``), in [0, 1].
+        drop_reference_fraction: share of items trained without a reference (mask all
+            "changed"), in [0, 1]; with ``synthesize_fraction`` at most 1.
+        mean_fraction: share of items trained from the input 0 at ``sigma_mean`` (EDMLoss),
+            which the "mean" sampler start relies on; in [0, 1).
+        sigma_mean: that noise level, model units, and the exported card's sigma_max.
+        guided: overrides of ``GuidedConfig`` (reference "guided"); the card stores the
+            resolved values, so a model always runs with the guided transfer it learned on.
     """
 
     preset: str = "small"
@@ -362,9 +383,14 @@ class TrainConfig:
     log_every: int = 50
     val_every: int = 1000
     val_chips: int = 8
-    val_sampler_steps: int = 8
     grad_clip: float | None = None
     max_bad_steps: int = 5
+    reference: ReferenceMode = "raw"
+    synthesize_fraction: float = 0.0
+    drop_reference_fraction: float = 0.0
+    mean_fraction: float = 0.0
+    sigma_mean: float = 5.0
+    guided: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def target_sigma_data(self) -> float:
@@ -406,6 +432,14 @@ class TrainConfig:
             _require(value >= 1, name, f"{value}; use at least 1")
         _require(self.val_every >= 0, "--val-every", f"{self.val_every} is negative")
         _require(self.val_chips >= 0, "val_chips", f"{self.val_chips} is negative")
-        _require(self.val_sampler_steps >= 1, "val_sampler_steps", "use at least 1")
         if self.grad_clip is not None:
             _require(self.grad_clip > 0, "grad_clip", f"{self.grad_clip}; must be positive")
+        _require(self.reference in ("raw", "guided"), "reference", f"{self.reference!r}")
+        fractions = (self.synthesize_fraction, self.drop_reference_fraction)
+        _require(
+            all(0 <= f <= 1 for f in fractions) and sum(fractions) <= 1,
+            "synthesize_fraction, drop_reference_fraction",
+            f"{fractions}; use shares in [0, 1] that add up to at most 1",
+        )
+        _require(0 <= self.mean_fraction < 1, "mean_fraction", f"{self.mean_fraction}")
+        _require(self.sigma_mean > 0, "sigma_mean", f"{self.sigma_mean}; must be positive")

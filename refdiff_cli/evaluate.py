@@ -11,7 +11,7 @@ from typing import Any
 
 from refdiff_cli import __version__
 from refdiff_cli.config import UpscaleOptions, to_dict
-from refdiff_cli.engines import BicubicEngine, Engine, resolve_device
+from refdiff_cli.engines import BicubicEngine, Engine, GuidedEngine, resolve_device
 from refdiff_cli.errors import ConfigError
 from refdiff_cli.evaluate_inputs import (
     Dataset,
@@ -268,6 +268,8 @@ def _baselines(methods: tuple[str, ...], scale: int) -> list[Engine]:
             engines.append(RefEngine(scale))
         elif method == "hpf":
             engines.append(HighPassEngine(scale))
+        elif method == "guided":
+            engines.append(GuidedEngine(scale))
     return engines
 
 

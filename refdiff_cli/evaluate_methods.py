@@ -32,7 +32,7 @@ from refdiff_cli.upscale import ModelSpace, model_space, sr_strips, tile_plan
 logger = logging.getLogger(__name__)
 
 #: Engine methods of ``refdiff evaluate`` in their default report order.
-ENGINE_METHODS = ("bicubic", "ref", "hpf", "model")
+ENGINE_METHODS = ("bicubic", "ref", "hpf", "guided", "model")
 #: Image suffixes looked up in an ``--sr-dir`` folder (case-insensitive).
 SR_SUFFIXES = frozenset({".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff"})
 

@@ -25,8 +25,9 @@ class EvalOptions:
     """Everything ``refdiff evaluate`` needs besides the dataset path.
 
     Attributes:
-        methods: engine methods among bicubic, ref, hpf, model, in report order; None = bicubic,
-            ref, hpf, plus model when ``model`` is given or a default model is installed.
+        methods: engine methods among bicubic, ref, hpf, guided, model, in report order;
+            None = bicubic, ref, hpf, guided, plus model when ``model`` is given or a default
+            model is installed.
         sr_dirs: (name, folder) of existing SR images to score as extra methods.
         layout: "auto", "cd", "paper" or "csv".
         scale: SR factor; None = the paper layout's LR folder, else the model's, else 8.
@@ -134,7 +135,7 @@ class EvalOptions:
         if self.methods is not None:
             return self.methods
         with_model = self.model is not None or default_model_installed()
-        return ("bicubic", "ref", "hpf") + (("model",) if with_model else ())
+        return ("bicubic", "ref", "hpf", "guided") + (("model",) if with_model else ())
 
     def upscale_options(self, scale: int | None) -> UpscaleOptions:
         """The ``UpscaleOptions`` an upscale with these settings would use."""

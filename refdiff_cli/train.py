@@ -24,8 +24,7 @@ from refdiff_cli import __version__
 from refdiff_cli import train_state as ts
 from refdiff_cli.config import TrainConfig, save_json, to_dict
 from refdiff_cli.data.dataset import make_batch
-from refdiff_cli.data.degrade import upsample
-from refdiff_cli.diffusion.loss import EDMLoss, masked_mean
+from refdiff_cli.diffusion.loss import masked_mean
 from refdiff_cli.errors import Interrupted, TrainingDiverged
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
 from refdiff_cli.model.checkpoint import save_model
@@ -34,13 +33,15 @@ from refdiff_cli.model.precond import (
     Conditioning,
     EDMPrecond,
     diffusion_target,
-    make_conditioning,
+    prepare_conditions,
 )
 from refdiff_cli.train_eval import (
     LR_UPSAMPLE,
     build_card,
     edm_loss_per_item,
+    guided_config,
     make_training_lr,
+    training_loss,
     validate,
 )
 from refdiff_cli.train_plan import (
@@ -52,6 +53,7 @@ from refdiff_cli.train_plan import (
     lr_at,
     resolve,
 )
+from refdiff_cli.train_references import training_references
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +115,8 @@ class _Trainer:
             self.net.parameters(), lr=self.config.lr, betas=self.config.betas, eps=self.config.eps
         )
         self.model: torch.nn.Module = self.denoiser  # DDP-wrapped under torchrun
-        self.loss_fn = EDMLoss(sigma_data=self.config.target_sigma_data)
+        self.loss_fn = training_loss(self.config)
+        self.guided_config = guided_config(self.config)
         self.step = self.start_step = 0
         self.skipped = self.bad_streak = 0
         self.first_bad: int | None = None
@@ -250,24 +253,30 @@ class _Trainer:
             scale=cfg.scale,
             generator=crop_gens,
         )
+        batch = training_references(batch, cfg, step, local)
         hr, hr_valid = batch.hr.to(device), batch.hr_valid.to(device)
         lr_gens = [ts.generator_for("lr", cfg.seed, step, j) for j in local]
         lr = make_training_lr(
             hr, batch.lr, method=cfg.lr_method, scale=cfg.scale, generators=lr_gens
         )
-        cond = make_conditioning(
-            lr_up=upsample(lr, cfg.scale, mode=LR_UPSAMPLE),
+        prepared = prepare_conditions(
+            lr=lr,
             ref=batch.ref.to(device),
             mask=batch.mask.to(device),
             ref_valid=batch.ref_valid.to(device),
+            scale=cfg.scale,
+            reference=cfg.reference,
+            upsample_mode=LR_UPSAMPLE,
+            guided_config=self.guided_config,
         )
+        cond = prepared.cond
         loss_gens = [ts.generator_for("loss", cfg.seed, step, j) for j in local]
         self.optimizer.zero_grad(set_to_none=True)
         self.grad_norm = None
         forked = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=forked):
             torch.manual_seed(ts.derive_seed("dropout", cfg.seed, step, plan.rank))
-            y = diffusion_target(hr, cond.lr_up, cfg.target)  # (b, C, c, c)
+            y = diffusion_target(hr, prepared.base, cfg.target)  # (b, C, c, c)
             per_pixel = edm_loss_per_item(
                 self.loss_fn, self._denoise, y, cond, loss_gens, hr_valid
             )  # (b, C, c, c)

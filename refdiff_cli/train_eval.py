@@ -10,11 +10,13 @@ import numpy as np
 import torch
 
 from refdiff_cli import __version__
-from refdiff_cli.config import SamplerConfig, TrainConfig, to_dict
+from refdiff_cli.config import SamplerConfig, StartName, TrainConfig, to_dict
 from refdiff_cli.data.dataset import ChipDataset, TrainBatch
-from refdiff_cli.data.degrade import UpsampleMode, make_lr, upsample
+from refdiff_cli.data.degrade import UpsampleMode, make_lr
 from refdiff_cli.diffusion.loss import EDMLoss, masked_mean
-from refdiff_cli.diffusion.sampler import sample
+from refdiff_cli.diffusion.sampler import initial_state, sample
+from refdiff_cli.errors import ConfigError
+from refdiff_cli.guided import GuidedConfig
 from refdiff_cli.metrics import PSNR_CAP_DB, psnr
 from refdiff_cli.model.card import ModelCard
 from refdiff_cli.model.network import NetworkConfig
@@ -23,7 +25,7 @@ from refdiff_cli.model.precond import (
     EDMPrecond,
     diffusion_target,
     image_from_target,
-    make_conditioning,
+    prepare_conditions,
 )
 from refdiff_cli.train_state import generator_for
 
@@ -33,8 +35,36 @@ LR_UPSAMPLE: UpsampleMode = "bicubic"
 VAL_SIGMAS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
 #: Model space spans [-1, 1]: PSNR peak-to-peak range.
 DATA_RANGE = 2.0
-#: Default sampler of exported models: deterministic Heun (EDM Algorithm 1), 32 steps.
-CARD_SAMPLER = SamplerConfig(sampler="heun", steps=32, S_churn=0.0)
+
+
+def card_sampler(config: TrainConfig) -> SamplerConfig:
+    """Default sampler of an exported model: one deterministic Euler step from sigma_mean.
+
+    A single step from a large noise level is the model's estimate of the conditional mean
+    (the highest-PSNR output); the project measured many-step Heun from sigma 80 below
+    bicubic for CPU-sized models. Runs that trained the "mean" start (``mean_fraction`` > 0)
+    start from 0 and draw no noise at all; others start from noise as they were trained.
+    """
+    start: StartName = "mean" if config.mean_fraction > 0 else "noise"
+    return SamplerConfig(sampler="euler", steps=1, sigma_max=config.sigma_mean, start=start)
+
+
+def guided_config(config: TrainConfig) -> GuidedConfig:
+    """The guided transfer of a run: ``GuidedConfig`` with the run's overrides."""
+    try:
+        return GuidedConfig(**config.guided)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"guided settings {config.guided} are invalid: {exc}") from exc
+
+
+def training_loss(config: TrainConfig) -> EDMLoss:
+    """The EDM loss of a run: noise levels scaled to the target's sigma_data, mean items."""
+    return EDMLoss.for_sigma_data(
+        config.target_sigma_data,
+        mean_fraction=config.mean_fraction,
+        sigma_mean=config.sigma_mean,
+    )
+
 
 #: D(x; sigma, cond) -> D_x, as the training loop calls the (possibly DDP-wrapped) model.
 Denoise = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
@@ -153,14 +183,16 @@ def validate(
 
     Every draw is fixed by (seed, chip index), so scores of different steps are comparable:
     the loss at each of ``VAL_SIGMAS`` with fixed noise, and the PSNR (dB, model space,
-    valid HR pixels) of a deterministic ``val_sampler_steps``-step Heun sample and of LR_up.
+    valid HR pixels) of the exported card's sampler (``card_sampler``), of LR_up and of the
+    base the residual is relative to (the guided estimate for reference "guided").
     """
     n = min(config.val_chips, len(dataset))
-    loss_fn = EDMLoss(sigma_data=config.target_sigma_data)
-    sampler = SamplerConfig(sampler="heun", steps=config.val_sampler_steps, S_churn=0.0)
+    loss_fn = training_loss(config)
+    sampler = card_sampler(config)
     losses = {s: 0.0 for s in VAL_SIGMAS}
     psnr_sample: list[float] = []
     psnr_lr_up: list[float] = []
+    psnr_base: list[float] = []
     chunk = max(1, config.batch_size // len(VAL_SIGMAS))  # at most a batch per call
     was_training = denoiser.training
     denoiser.eval()
@@ -172,14 +204,18 @@ def validate(
         lr = make_training_lr(
             hr, crops.lr, method=config.lr_method, scale=config.scale, generators=gens
         )
-        lr_up = upsample(lr, config.scale, mode=LR_UPSAMPLE)  # (b, C, c, c)
-        cond = make_conditioning(
-            lr_up=lr_up,
+        prepared = prepare_conditions(
+            lr=lr,
             ref=crops.ref.to(device),
             mask=crops.mask.to(device),
             ref_valid=crops.ref_valid.to(device),
+            scale=config.scale,
+            reference=config.reference,
+            upsample_mode=LR_UPSAMPLE,
+            guided_config=guided_config(config),
         )
-        y = torch.where(valid, diffusion_target(hr, lr_up, config.target), torch.zeros_like(hr))
+        cond, lr_up, base = prepared.cond, prepared.cond.lr_up, prepared.base
+        y = torch.where(valid, diffusion_target(hr, base, config.target), torch.zeros_like(hr))
         eps = torch.cat([_normal(hr[:1], "val-noise", config.seed, i) for i in ids]).to(device)
         # All noise levels in one network call: item j * b + i is chip i at VAL_SIGMAS[j].
         k, b = len(VAL_SIGMAS), len(ids)
@@ -195,9 +231,8 @@ def validate(
         err = loss_fn.weight(sig)[:, None, None, None] * (D_x - y_k) ** 2
         for j, sigma in enumerate(VAL_SIGMAS):
             losses[sigma] += float(masked_mean(err[j * b : (j + 1) * b], valid)) * b / n
-        x_T = sampler.sigma_max * torch.cat(
-            [_normal(hr[:1], "val-sample", config.seed, i) for i in ids]
-        ).to(device)
+        noise0 = torch.cat([_normal(hr[:1], "val-sample", config.seed, i) for i in ids])
+        x_T = initial_state(sampler.start, sampler.sigma_max, noise0.to(device), lr_up)
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor, c: Conditioning = cond) -> torch.Tensor:
             D_x: torch.Tensor = denoiser(x, sigma, c, dtype=dtype)
@@ -208,11 +243,12 @@ def validate(
         def no_noise(_: int, z: torch.Tensor = zeros) -> torch.Tensor:
             return z  # churn 0: the sampler never draws noise
 
-        out = image_from_target(sample(sampler, denoise, x_T, noise=no_noise), lr_up, config.target)
+        out = image_from_target(sample(sampler, denoise, x_T, noise=no_noise), base, config.target)
         for k in range(len(ids)):
             region = valid[k, 0].cpu().numpy()
             target = hr[k].cpu().numpy()
-            for scores, image in ((psnr_sample, out[k]), (psnr_lr_up, lr_up[k])):
+            pairs = ((psnr_sample, out[k]), (psnr_lr_up, lr_up[k]), (psnr_base, base[k]))
+            for scores, image in pairs:
                 value = psnr(image.cpu().numpy(), target, data_range=DATA_RANGE, region=region)
                 scores.append(min(value, PSNR_CAP_DB) if not math.isnan(value) else math.nan)
     denoiser.train(was_training)
@@ -222,6 +258,7 @@ def validate(
         "val_loss_mean": sum(losses.values()) / len(losses),
         "psnr_sample": _nanmean(psnr_sample),
         "psnr_lr_up": _nanmean(psnr_lr_up),
+        "psnr_base": _nanmean(psnr_base),
     }
 
 
@@ -297,7 +334,9 @@ def build_card(
         margin_px=margin,
         sigma_data=config.target_sigma_data,
         target=config.target,
-        sampler=to_dict(CARD_SAMPLER),
+        reference=config.reference,
+        guided=to_dict(guided_config(config)) if config.reference == "guided" else {},
+        sampler=to_dict(card_sampler(config)),
         training=training,
         refdiff_version=__version__,
     )

@@ -19,6 +19,7 @@ from refdiff_cli.data.dataset import ChipDataset
 from refdiff_cli.engines import resolve_device
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.model.network import PRESETS, NetworkConfig
+from refdiff_cli.model.precond import MASK_CHANNELS
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -114,13 +115,17 @@ def resolve(config: TrainConfig, chips: Path) -> TrainPlan:
     if len(train) == 0:
         raise InputError(f"{chips} has no training chips", hint="prepare some with a train split")
     val_set = ChipDataset(chips, "val")
-    channels = {"image_channels": len(train.bands), "mask_channels": 1}
+    channels = {
+        "image_channels": len(train.bands),
+        "mask_channels": MASK_CHANNELS[config.reference],
+    }
     fields = {**PRESETS[config.preset].to_dict(), **channels, **config.network}
     network = NetworkConfig.from_dict(fields)
     if (network.image_channels, network.mask_channels) != tuple(channels.values()):
         raise ConfigError(
             f"network overrides ask for {network.image_channels} image / {network.mask_channels} "
-            f"mask channels; the chips have {len(train.bands)} bands and 1 mask channel"
+            f"mask channels; the chips have {len(train.bands)} bands and reference "
+            f"{config.reference!r} needs {channels['mask_channels']} mask channel(s)"
         )
     multiple = math.lcm(config.scale, network.size_multiple)
     if config.crop_px % multiple or config.crop_px > train.chip_px:

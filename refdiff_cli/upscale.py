@@ -19,7 +19,14 @@ import torch
 from refdiff_cli import __version__
 from refdiff_cli.config import UpscaleOptions, to_dict
 from refdiff_cli.data import masks, normalize
-from refdiff_cli.engines import BicubicEngine, DiffusionEngine, Engine, EngineBatch, resolve_device
+from refdiff_cli.engines import (
+    BicubicEngine,
+    DiffusionEngine,
+    Engine,
+    EngineBatch,
+    GuidedEngine,
+    resolve_device,
+)
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
 from refdiff_cli.geo import grid as geogrid
@@ -116,6 +123,8 @@ def load_engine(options: UpscaleOptions) -> Engine:
     wants_model = options.engine == "diffusion" or (
         options.engine == "auto" and (options.model is not None or default_model_installed())
     )
+    if options.engine == "guided":
+        return GuidedEngine(options.scale or DEFAULT_BICUBIC_SCALE)
     if not wants_model:
         return BicubicEngine(options.scale or DEFAULT_BICUBIC_SCALE)
     device = resolve_device(options.device)

@@ -20,8 +20,9 @@ LrKindChoice = Literal["bicubic", "real"]
 
 METHODS_HELP = (
     "Comma-separated engine methods: bicubic (LR upsampling), ref (copy the reference), hpf "
-    "(bicubic + the reference's high-pass detail where unchanged), model (the diffusion "
-    "model) [default: bicubic,ref,hpf, plus model when one is available]."
+    "(bicubic + the reference's high-pass detail where unchanged), guided (registered, "
+    "colour-matched reference detail where it agrees with the LR), model (the diffusion "
+    "model) [default: bicubic,ref,hpf,guided, plus model when one is available]."
 )
 
 

@@ -20,7 +20,8 @@ from refdiff_cli.config import (
 from refdiff_cli.errors import ConfigError
 
 ENGINE_HELP = (
-    "diffusion: the Ref-Diff model; bicubic: LR upsampling only (a baseline); "
+    "diffusion: the Ref-Diff model; guided: classical reference transfer (registration, "
+    "colour match, trust weighting; CPU-fast); bicubic: LR upsampling only (a baseline); "
     "auto: diffusion when a model is available."
 )
 
@@ -130,7 +131,8 @@ def upscale_command(
     scale: Annotated[
         int | None,
         typer.Option(
-            "--scale", help="Scale factor (bicubic engine; must match the model otherwise)."
+            "--scale",
+            help="Scale factor (guided and bicubic engines; must match the model otherwise).",
         ),
     ] = None,
     steps: shared.Steps = None,

@@ -42,17 +42,36 @@ class EDMLoss:
         P_mean: mean of ln(sigma) over training (-1.2 in EDM and Ref-Diff).
         P_std: standard deviation of ln(sigma), > 0 (1.2).
         sigma_data: standard deviation of the clean data in model space, > 0 (0.5 for [-1, 1]).
+        mean_fraction: share of items, in [0, 1), trained at ``sigma_mean`` from the input
+            x = 0 instead of y + n: the denoiser then learns D(0; sigma_mean) = E[y | cond],
+            the start of the deterministic "mean" sampler (``SamplerConfig.start``). 0 (the
+            default) draws nothing extra, so runs without it are unchanged.
+        sigma_mean: the noise level of those items (the sampler's sigma_max).
     """
 
     P_mean: float = -1.2
     P_std: float = 1.2
     sigma_data: float = 0.5
+    mean_fraction: float = 0.0
+    sigma_mean: float = 5.0
+
+    @classmethod
+    def for_sigma_data(cls, sigma_data: float, **kwargs: float) -> EDMLoss:
+        """EDM's noise-level distribution rescaled to a target of spread ``sigma_data``.
+
+        EDM's P_mean = -1.2 is tuned for sigma_data = 0.5: ln(sigma) is centred on
+        ln(0.5) - 0.51. Keeping sigma / sigma_data distributed alike for another spread (the
+        residual targets, sigma_data about 0.1-0.2) shifts P_mean by ln(sigma_data / 0.5).
+        """
+        return cls(P_mean=-1.2 + math.log(sigma_data / 0.5), sigma_data=sigma_data, **kwargs)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.P_mean) and math.isfinite(self.P_std) and self.P_std > 0):
             raise ValueError(f"need a finite P_mean and P_std > 0, got {self.P_mean}, {self.P_std}")
         if not (math.isfinite(self.sigma_data) and self.sigma_data > 0):
             raise ValueError(f"sigma_data must be positive, got {self.sigma_data}")
+        if not (0.0 <= self.mean_fraction < 1.0 and self.sigma_mean > 0):
+            raise ValueError("need 0 <= mean_fraction < 1 and sigma_mean > 0")
 
     def weight(self, sigma: Tensor) -> Tensor:
         """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (EDM Table 1).
@@ -105,7 +124,13 @@ class EDMLoss:
         sigma = (rnd_normal * self.P_std + self.P_mean).exp().to(y.device)  # (B,)
         eps = torch.randn(tuple(y.shape), generator=generator, device=draw_device)  # (B, C, H, W)
         n = eps.to(y.device) * sigma[:, None, None, None]  # (B, C, H, W) n ~ N(0, sigma^2 I)
-        denoised = denoiser(y + n, sigma, cond)  # (B, C, H, W)
+        x = y + n
+        if self.mean_fraction > 0:
+            chosen = torch.rand((b,), generator=generator, device=draw_device).to(y.device)
+            chosen = chosen < self.mean_fraction  # (B,)
+            sigma = torch.where(chosen, torch.full_like(sigma, self.sigma_mean), sigma)
+            x = torch.where(chosen[:, None, None, None], torch.zeros_like(x), x)
+        denoised = denoiser(x, sigma, cond)  # (B, C, H, W)
         loss = self.weight(sigma)[:, None, None, None] * (denoised - y) ** 2  # (B, C, H, W)
         if valid is not None:
             loss = torch.where(valid, loss, torch.zeros_like(loss))

@@ -72,7 +72,8 @@ def initial_state(start: StartName, sigma_max: float, noise0: Tensor, lr_up: Ten
 
     Args:
         start: "noise" for sigma_max * n with n ~ N(0, I) as in EDM; "lr" for
-            sigma_max * LR_up as the public Ref-Diff release does.
+            sigma_max * LR_up as the public Ref-Diff release does; "mean" for 0, the mean of
+            the noise distribution (the first step evaluates D(0; sigma_max)).
         sigma_max: first noise level of the schedule (model units).
         noise0: (B, C, H, W) standard normal noise, draw 0 of the run's noise field.
         lr_up: (B, C, H, W) LR upsampled to the output size, in model space [-1, 1].
@@ -86,7 +87,9 @@ def initial_state(start: StartName, sigma_max: float, noise0: Tensor, lr_up: Ten
         return sigma_max * noise0
     if start == "lr":
         return sigma_max * lr_up
-    raise ValueError(f"unknown start {start!r}; use 'noise' or 'lr'")
+    if start == "mean":
+        return torch.zeros_like(noise0)
+    raise ValueError(f"unknown start {start!r}; use 'noise', 'lr' or 'mean'")
 
 
 def _check_sigmas(sigmas: Tensor) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 from refdiff_cli.config import SamplerConfig, from_dict, to_dict
 from refdiff_cli.errors import ModelError
-from refdiff_cli.model.precond import TARGETS
+from refdiff_cli.model.precond import MASK_CHANNELS, TARGETS
 
 CARD_FORMAT = "refdiff-model"
 CARD_FORMAT_VERSION = 1
@@ -40,6 +40,11 @@ class ModelCard:
         target: what the diffusion model generates: "hr", the HR image itself (the paper), or
             "residual", HR - LR_up, added back to LR_up after sampling (``model/precond.py``,
             ``TARGETS``).
+        reference: what the network's reference input holds: "raw", the warped reference
+            (the paper), or "guided", the guided estimate of ``guided.py`` with its trust
+            weight as a second mask channel; the residual target is then HR - that estimate.
+        guided: the ``GuidedConfig`` the model was trained with (reference "guided"), as a
+            dict; inference uses exactly these values.
         sampler: default ``SamplerConfig`` as a dict.
         training: provenance: data sources and licences, steps, seeds, validation scores.
         refdiff_version: version of refdiff that wrote the card.
@@ -61,6 +66,8 @@ class ModelCard:
     margin_px: int
     sigma_data: float = 0.5
     target: str = "hr"
+    reference: str = "raw"
+    guided: dict[str, Any] = dataclasses.field(default_factory=dict)
     sampler: dict[str, Any]
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     refdiff_version: str
@@ -90,6 +97,17 @@ class ModelCard:
             (self.sigma_data > 0, "sigma_data", f"{self.sigma_data}"),
             (self.target in TARGETS, "target", f"{self.target!r}; use {' or '.join(TARGETS)}"),
             (self.lr_upsample in ("bicubic", "bilinear"), "lr_upsample", f"{self.lr_upsample!r}"),
+            (
+                self.reference in MASK_CHANNELS,
+                "reference",
+                f"{self.reference!r}; use {' or '.join(MASK_CHANNELS)}",
+            ),
+            (
+                self.network.get("mask_channels", 1) == MASK_CHANNELS.get(self.reference),
+                "network.mask_channels",
+                f"{self.network.get('mask_channels', 1)} does not fit reference "
+                f"{self.reference!r} ({MASK_CHANNELS.get(self.reference)} channel(s))",
+            ),
         ]
         for ok, field, detail in checks:
             if not ok:

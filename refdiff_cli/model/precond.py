@@ -12,7 +12,9 @@ import math
 import torch
 from torch import nn
 
-from refdiff_cli.config import TARGET_SIGMA_DATA
+from refdiff_cli.config import TARGET_SIGMA_DATA, ReferenceMode
+from refdiff_cli.data.degrade import UpsampleMode, upsample
+from refdiff_cli.guided import GuidedConfig, guided_transfer
 from refdiff_cli.model.network import RefDiffUNet, check_shape
 
 #: What a Ref-Diff model generates: the HR image (the paper), or the residual HR - LR_up, for
@@ -72,14 +74,83 @@ def make_conditioning(
     )
 
 
-def diffusion_target(hr: torch.Tensor, lr_up: torch.Tensor, target: str) -> torch.Tensor:
-    """What the diffusion model learns to generate from ``hr``: the image or HR - LR_up."""
-    return hr - lr_up if target == "residual" else hr
+#: Mask channels the network gets per reference mode: M, or M and the guided trust weight w.
+MASK_CHANNELS: dict[str, int] = {"raw": 1, "guided": 2}
 
 
-def image_from_target(x0: torch.Tensor, lr_up: torch.Tensor, target: str) -> torch.Tensor:
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Prepared:
+    """A batch's network conditions and the base image the residual target is relative to.
+
+    Attributes:
+        cond: what the network sees.
+        base: (B, C, H, W) LR_up ("raw") or the guided estimate X ("guided"), float32.
+    """
+
+    cond: Conditioning
+    base: torch.Tensor
+
+
+def prepare_conditions(
+    *,
+    lr: torch.Tensor,
+    ref: torch.Tensor,
+    mask: torch.Tensor,
+    ref_valid: torch.Tensor,
+    scale: int,
+    reference: ReferenceMode,
+    upsample_mode: UpsampleMode,
+    guided_config: GuidedConfig | None = None,
+) -> Prepared:
+    """The one way training and inference turn (LR, Ref, M) into network conditions.
+
+    "raw" (the paper): LR_up, the warped reference and M (``make_conditioning``).
+    "guided": the reference slot holds the guided estimate X of ``guided.py`` (the reference
+    registered to the LR, colour-matched and mixed with LR_up by the trust weight w), and the
+    mask has a second channel, w itself; the residual target is then HR - X, so a network
+    that outputs nothing gives the guided estimate back.
+
+    Args:
+        lr: (B, C, h, w) LR in model space.
+        ref: (B, C, H, W) reference on the output grid (anything where ``ref_valid`` is False).
+        mask: (B, 1, H, W) change mask in [0, 1].
+        ref_valid: (B, 1, H, W) bool.
+        scale: H / h.
+        reference: "raw" or "guided".
+        upsample_mode: the card's ``lr_upsample``.
+        guided_config: the guided transfer's constants (the card's ``guided``); None takes
+            ``GuidedConfig()``.
+    """
+    lr_up = upsample(lr, scale, mode=upsample_mode)  # (B, C, H, W) clamped to [-1, 1]
+    if reference == "raw":
+        cond = make_conditioning(lr_up=lr_up, ref=ref, mask=mask, ref_valid=ref_valid)
+        return Prepared(cond=cond, base=lr_up)
+    if reference != "guided":
+        raise ValueError(f"unknown reference mode {reference!r}; use raw or guided")
+    guided = guided_transfer(
+        lr, ref, mask=mask, ref_valid=ref_valid, scale=scale, config=guided_config
+    )
+    changed = torch.where(ref_valid, mask[:, :1], 1.0)
+    cond = Conditioning(
+        lr_up=lr_up,
+        ref=guided.estimate.clamp(-1.0, 1.0),
+        mask=torch.cat([changed, guided.weight], dim=1),
+    )
+    return Prepared(cond=cond, base=guided.estimate)
+
+
+def diffusion_target(hr: torch.Tensor, base: torch.Tensor, target: str) -> torch.Tensor:
+    """What the diffusion model learns to generate from ``hr``: the image or HR - base.
+
+    ``base`` is ``Prepared.base``: LR_up for the "raw" reference mode, the guided estimate for
+    "guided".
+    """
+    return hr - base if target == "residual" else hr
+
+
+def image_from_target(x0: torch.Tensor, base: torch.Tensor, target: str) -> torch.Tensor:
     """The HR image from a sample of the diffusion target (inverse of ``diffusion_target``)."""
-    return x0 + lr_up if target == "residual" else x0
+    return x0 + base if target == "residual" else x0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

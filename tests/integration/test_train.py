@@ -23,10 +23,12 @@ import torch
 from safetensors.torch import load_file
 
 from refdiff_cli import train as train_tool
-from refdiff_cli.config import SamplerConfig, TrainConfig, from_dict, save_json
+from refdiff_cli.config import SamplerConfig, TrainConfig, from_dict, save_json, to_dict
 from refdiff_cli.data.dataset import ChipDataset, ShardWriter
+from refdiff_cli.data.degrade import downscale_bicubic
 from refdiff_cli.engines import DiffusionEngine, EngineBatch
 from refdiff_cli.errors import ConfigError, TrainingDiverged
+from refdiff_cli.guided import GuidedConfig, guided_transfer
 from refdiff_cli.model.checkpoint import load_model
 from refdiff_cli.train import TrainHooks, train
 from refdiff_cli.train_plan import batch_indices, lr_at, resolve
@@ -83,7 +85,6 @@ def tiny(**changes: Any) -> TrainConfig:
         log_every=1,
         val_every=0,
         val_chips=0,  # validation is tested on its own
-        val_sampler_steps=2,
         ema_halflife_kimg=0.02,  # 20 images: an EMA that differs visibly from the weights
         ema_rampup_ratio=None,
         device="cpu",
@@ -363,7 +364,15 @@ def test_exported_model_loads_and_runs(chips: Path, tmp_path: Path) -> None:
     assert card.normalization == dataset.manifest["normalization"]
     assert card.mask_encoding == {"kind": "binary"}
     assert (card.train_tile_px, card.tile_px, card.overlap_px, card.margin_px) == (32, 128, 64, 16)
-    assert card.sampler_config.S_churn == 0.0 and card.sampler_config.sampler == "heun"
+    # One deterministic Euler step; without "mean" training it starts from noise.
+    sampler = card.sampler_config
+    assert (sampler.sampler, sampler.steps, sampler.S_churn, sampler.start) == (
+        "euler",
+        1,
+        0.0,
+        "noise",
+    )
+    assert card.reference == "raw" and card.guided == {}
     assert card.training["chips_fingerprint"] == dataset.fingerprint
     assert card.training["sources"] == [{"name": "synthetic", "license": "CC0-1.0"}]
     assert card.training["steps"] == 2 and card.training["images_seen"] == 8
@@ -389,6 +398,58 @@ def test_exported_model_loads_and_runs(chips: Path, tmp_path: Path) -> None:
     val = [s for s in stats if s["kind"] == "val"]
     assert len(val) == 1 and set(val[0]["val_loss"]) == {"0.05", "0.2", "0.5", "1", "2", "5"}
     assert val[0]["psnr_lr_up"] > 5
+
+
+def test_guided_reference_recipe_trains_exports_and_starts_at_the_guided_estimate(
+    chips: Path, tmp_path: Path
+) -> None:
+    """The reference issue's recipe: guided conditions, synthesised and dropped references,
+    "mean" items; the exported card runs the guided transfer it trained with, and a network
+    that has learnt nothing (its zero-initialised head) returns the guided estimate."""
+    run = tmp_path / "run"
+    config = tiny(
+        steps=2,
+        val_chips=2,
+        target="residual",
+        reference="guided",
+        synthesize_fraction=0.5,
+        drop_reference_fraction=0.25,
+        mean_fraction=0.5,
+        guided={"trust_low": 0.3},
+    )
+    train(config, chips, run)
+    loaded = load_model(run / "model.safetensors", scale=8, bands=3)
+    card = loaded.card
+    assert card.reference == "guided" and card.network["mask_channels"] == 2
+    assert card.guided == to_dict(GuidedConfig(trust_low=0.3))
+    assert card.sampler_config.start == "mean" and card.sampler_config.steps == 1
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert next(s for s in stats if s["kind"] == "val")["psnr_base"] > 5
+
+    engine = DiffusionEngine(
+        loaded, card.sampler_config, device=torch.device("cpu"), precision="fp32"
+    )
+    hr = torch.tanh(torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0)))
+    lr = downscale_bicubic(hr, 8)
+    batch = EngineBatch(
+        lr=lr,
+        ref=hr,
+        ref_valid=torch.ones(1, 1, 128, 128, dtype=torch.bool),
+        mask=torch.zeros(1, 1, 128, 128),
+        origins=((0, 0),),
+        seed=0,
+    )
+    out = engine(batch)
+    guided = guided_transfer(
+        lr,
+        hr,
+        mask=batch.mask,
+        ref_valid=batch.ref_valid,
+        scale=8,
+        config=GuidedConfig(trust_low=0.3),
+    ).estimate
+    assert float((out - guided).abs().max()) < 0.05  # 2 steps barely move a zero head
+    assert torch.equal(out, engine(dataclasses.replace(batch, seed=1)))  # no seed noise
 
 
 def test_stored_lr_trains_and_scale_must_match(tmp_path: Path) -> None:
@@ -494,7 +555,7 @@ def test_changed_chips_give_a_warning_on_resume(chips: Path, tmp_path: Path) -> 
 def test_residual_target_trains_on_hr_minus_lr_up(chips: Path, tmp_path: Path) -> None:
     """The residual target: card fields, and its validation starts at bicubic quality."""
     run = tmp_path / "run"
-    train(tiny(steps=2, val_chips=2, target="residual", val_sampler_steps=1), chips, run)
+    train(tiny(steps=2, val_chips=2, target="residual"), chips, run)
     card = load_model(run / "model.safetensors").card
     assert card.target == "residual"
     assert card.sigma_data == 0.2  # filled from the target
@@ -503,7 +564,7 @@ def test_residual_target_trains_on_hr_minus_lr_up(chips: Path, tmp_path: Path) -
     # One denoising step of a barely trained residual model stays near LR_up.
     assert abs(val["psnr_sample"] - val["psnr_lr_up"]) < 1.0
     hr_run = tmp_path / "hr"
-    train(tiny(steps=2, val_chips=2, val_sampler_steps=1), chips, hr_run)
+    train(tiny(steps=2, val_chips=2), chips, hr_run)
     stats = [json.loads(line) for line in (hr_run / "stats.jsonl").read_text().splitlines()]
     (val_hr,) = [s for s in stats if s["kind"] == "val"]
     assert val_hr["psnr_sample"] < val_hr["psnr_lr_up"] - 1.0  # the paper's target starts off

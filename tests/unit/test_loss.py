@@ -163,3 +163,27 @@ def test_bad_arguments_are_rejected() -> None:
         EDMLoss(sigma_data=-1.0)
     with pytest.raises(ValueError, match="valid"):
         EDMLoss()(Recorder(), image(), None, generator=gen(), valid=torch.ones(2, 3, 8, 8) > 0)
+
+
+def test_mean_items_see_zero_input_at_sigma_mean_and_others_are_unchanged() -> None:
+    y = image(b=64)
+    plain, mixed = Recorder(), Recorder()
+    EDMLoss()(plain, y, None, generator=gen(5))
+    EDMLoss(mean_fraction=0.5, sigma_mean=5.0)(mixed, y, None, generator=gen(5))
+    assert plain.x is not None and plain.sigma is not None
+    assert mixed.x is not None and mixed.sigma is not None
+    chosen = mixed.sigma == 5.0
+    assert 16 < int(chosen.sum()) < 48  # about half of 64 items
+    assert bool((mixed.x[chosen] == 0).all())
+    # The other items keep exactly the draws of a run without mean items.
+    assert torch.equal(mixed.x[~chosen], plain.x[~chosen])
+    assert torch.equal(mixed.sigma[~chosen], plain.sigma[~chosen])
+
+
+def test_noise_levels_follow_sigma_data() -> None:
+    loss = EDMLoss.for_sigma_data(0.1)
+    assert loss.sigma_data == 0.1
+    assert loss.P_mean == pytest.approx(-1.2 + math.log(0.2))
+    assert EDMLoss.for_sigma_data(0.5).P_mean == pytest.approx(-1.2)
+    with pytest.raises(ValueError, match="mean_fraction"):
+        EDMLoss(mean_fraction=1.0)

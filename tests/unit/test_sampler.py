@@ -108,6 +108,7 @@ def test_initial_state_noise_and_lr_starts() -> None:
     lr_up = torch.linspace(-1, 1, 48).reshape(1, 3, 4, 4)
     assert torch.equal(initial_state("noise", 80.0, noise0, lr_up), 80.0 * noise0)
     assert torch.equal(initial_state("lr", 80.0, noise0, lr_up), 80.0 * lr_up)
+    assert torch.equal(initial_state("mean", 80.0, noise0, lr_up), torch.zeros_like(lr_up))
     with pytest.raises(ValueError, match="start"):
         initial_state("zeros", 80.0, noise0, lr_up)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="differ"):
