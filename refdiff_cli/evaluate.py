@@ -12,7 +12,7 @@ from typing import Any
 from refdiff_cli import __version__
 from refdiff_cli.config import UpscaleOptions, to_dict
 from refdiff_cli.engines import BicubicEngine, Engine, GuidedEngine, resolve_device
-from refdiff_cli.errors import ConfigError
+from refdiff_cli.errors import ConfigError, OutputError
 from refdiff_cli.evaluate_inputs import (
     Dataset,
     Sample,
@@ -69,6 +69,8 @@ class EvalReport:
         csv: the CSV's path, or None.
         warnings: messages for the user.
         seconds: wall time of the whole evaluation.
+        figure_error: why the figure could not be written at the very end, or None. The
+            metrics stand; the command prints them, then this error, and exits 4.
     """
 
     dataset: Path
@@ -84,10 +86,15 @@ class EvalReport:
     csv: str | None
     warnings: tuple[str, ...]
     seconds: float
+    figure_error: OutputError | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of ``refdiff evaluate --json``."""
-        return {
+        """The JSON document of ``refdiff evaluate --json``.
+
+        With a ``figure_error`` it also carries the failure keys every failed run prints
+        (``status``, ``exit_code``, ``error``, ``message``), beside the metrics.
+        """
+        document: dict[str, Any] = {
             "refdiff_version": __version__,
             "dataset": str(self.dataset),
             "layout": self.layout,
@@ -105,6 +112,14 @@ class EvalReport:
             "warnings": list(self.warnings),
             "seconds": self.seconds,
         }
+        if self.figure_error is not None:
+            document.update(
+                status="failed",
+                exit_code=self.figure_error.exit_code,
+                error=type(self.figure_error).__name__,
+                message=str(self.figure_error),
+            )
+        return document
 
 
 def evaluate(
@@ -192,8 +207,12 @@ def evaluate(
         warnings.append(message)
     if options.csv_path is not None:
         write_csv(options.csv_path, rows)
+    figure_error = None
     if figure is not None and options.figure_path is not None:
-        figure.write(options.figure_path)
+        try:
+            figure.write(options.figure_path)
+        except OutputError as exc:  # the metrics must not be lost with the figure
+            figure_error = exc
     return EvalReport(
         dataset=dataset_path,
         layout=dataset.layout,
@@ -214,6 +233,7 @@ def evaluate(
         csv=None if options.csv_path is None else str(options.csv_path),
         warnings=tuple(warnings),
         seconds=time.monotonic() - started,
+        figure_error=figure_error,
     )
 
 

@@ -112,10 +112,26 @@ def make_raster(tmp_path: Path) -> RasterFactory:
 
 
 def run_cli(
-    args: list[str], *, env: dict[str, str] | None = None, timeout: float = 240
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 240,
+    file_size_limit: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m refdiff_cli ARGS`` in a subprocess (real exit codes, signals, fds)."""
+    """Run ``python -m refdiff_cli ARGS`` in a subprocess (real exit codes, signals, fds).
+
+    ``file_size_limit`` (bytes) is the child's RLIMIT_FSIZE, as ``ulimit -f`` sets it: a
+    write past it fails with EFBIG (Python ignores SIGXFSZ).
+    """
     full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120", **(env or {})}
+
+    def limit_file_size() -> None:
+        import resource
+
+        if file_size_limit is not None:
+            hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, hard))
+
     return subprocess.run(
         [sys.executable, "-m", "refdiff_cli", *args],
         capture_output=True,
@@ -123,6 +139,7 @@ def run_cli(
         env=full_env,
         timeout=timeout,
         check=False,
+        preexec_fn=None if file_size_limit is None else limit_file_size,
     )
 
 

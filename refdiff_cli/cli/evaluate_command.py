@@ -202,6 +202,9 @@ def evaluate_command(
         render.print_json(report.to_dict())
     else:
         render.print_evaluation(report.to_dict())
+    if report.figure_error is not None:  # after the metrics, which it must not take along
+        render.print_error(str(report.figure_error))
+        return report.figure_error.exit_code
     return 0
 
 

@@ -63,3 +63,32 @@ def test_figure_failing_at_the_end_keeps_the_csv(
     assert code == 4, err
     assert "cannot write the PNG" in err and "this is a bug" not in err
     assert csv_path.read_text().startswith("image,method,region")
+
+
+def test_figure_failing_at_the_end_still_prints_the_metrics(tmp_path: Path) -> None:
+    """A real PNG write failure after all metrics (a file size limit the CSV fits under but
+    the figure does not): the --json document carries the metrics and the failure, the CSV
+    is written, exit 4 with one error line.
+    """
+    root = make_cd(tmp_path / "cd")
+    csv_path, figure = tmp_path / "metrics.csv", tmp_path / "fig.png"
+    args = ["evaluate", str(root), *EVALUATE, "--csv", str(csv_path), "--figure", str(figure)]
+    result = run_cli([*args, "--json"], file_size_limit=16 * 1024)
+    assert result.returncode == 4, result.stderr
+    document = json.loads(result.stdout)
+    assert set(document["methods"]) == {"bicubic"}, "the metrics were lost with the figure"
+    assert document["methods"]["bicubic"]["all"]["n_images"] == 2
+    assert document["status"] == "failed" and document["exit_code"] == 4
+    assert document["error"] == "OutputError"
+    assert document["message"].startswith(f"--figure {figure}: cannot write the PNG")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"refdiff: error: {document['message']}"
+    assert result.stderr.count("refdiff: error:") == 1
+    assert csv_path.read_text().startswith("image,method,region")
+    assert not figure.exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".fig")], "temp left"
+
+    tables = run_cli(args, file_size_limit=16 * 1024)  # without --json: the tables, then the error
+    assert tables.returncode == 4, tables.stderr
+    assert "bicubic" in tables.stdout
+    assert tables.stderr.strip().splitlines()[-1].startswith("refdiff: error: --figure")
