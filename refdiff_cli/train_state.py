@@ -35,6 +35,10 @@ DIGEST_KEY = "refdiff.tensors_sha256"
 CHECKPOINT_RE = re.compile(r"^step-(\d{7})\.safetensors$")
 #: Config fields that may change between a run and its resume: they cannot change the weights.
 RESUMABLE_FIELDS = frozenset({"steps", "log_every", "checkpoint_every", "keep_checkpoints"})
+#: Settings of older refdiff versions that no longer exist and never changed the weights (the
+#: validation sampler's steps: validation now uses the exported card's sampler); a checkpoint
+#: that records them still resumes.
+RETIRED_FIELDS = frozenset({"val_sampler_steps"})
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -188,7 +192,7 @@ def clean_partials(folder: Path) -> None:
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Fields (other than ``RESUMABLE_FIELDS``) whose values differ, as "name: old -> new"."""
-    names = sorted((set(saved) | set(current)) - RESUMABLE_FIELDS)
+    names = sorted((set(saved) | set(current)) - RESUMABLE_FIELDS - RETIRED_FIELDS)
     return [
         f"{name}: {saved.get(name)!r} -> {current.get(name)!r}"
         for name in names
