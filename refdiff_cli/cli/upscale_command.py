@@ -148,7 +148,9 @@ def upscale_command(
     start: Annotated[
         StartName | None,
         typer.Option(
-            "--start", help="Start the chain from 'noise' or from sigma_max * LR_up ('lr')."
+            "--start",
+            help="Start the chain from 'noise', from sigma_max * LR_up ('lr'), or from 0 "
+            "('mean': the model's conditional-mean estimate, no seed noise).",
         ),
     ] = None,
     churn: Annotated[
