@@ -1,16 +1,20 @@
 """Package a trained model as the bundled default model (maintainers' script).
 
-Usage: python scripts/package_default_model.py RUN/model.safetensors [VALIDATION.json ...]
-           [--steps N] [--sampler heun|euler] [--sigma-max S] [--churn C]
+Usage:
+    python scripts/package_default_model.py RUN/model.safetensors [--fidelity FIDELITY.json]
 
-Run it twice: once without reports to get a model file to evaluate, then with the
-`refdiff evaluate --json` reports of that file (the weights stay the same; the card changes).
+Run it twice: once without ``--fidelity`` to get a packaged file, then score that file with
+``python benchmarks/fidelity.py --model refdiff_cli/weights/refdiff-small-x8.safetensors
+--json fidelity.json`` and run this again with ``--fidelity fidelity.json`` (the weights stay
+the same; the card gains the scores). With ``--fidelity`` it also rewrites the scoreboard in
+docs/default-model.md between its ``fidelity:begin`` and ``fidelity:end`` markers.
 
-Reads the EMA weights and card that `refdiff train` exported, sets the card's default
-sampler (the settings chosen by PSNR on training images), records the training data with its
-licences and the validation scores (`refdiff evaluate --json` output), and writes
-refdiff_cli/weights/refdiff-small-x8.safetensors. It prints the new sha256: paste it into
-DEFAULT_MODEL_SHA256 in refdiff_cli/model/checkpoint.py, which pins it on every load.
+Reads the EMA weights and card that ``refdiff train`` exported (the card already holds the
+reference mode, the guided transfer's constants and the one-step sampler), records the
+training data with its licences, the held-out images (docs/default-model-split.toml) and the
+scores, and writes refdiff_cli/weights/refdiff-small-x8.safetensors. It prints the new
+sha256: paste it into DEFAULT_MODEL_SHA256 in refdiff_cli/model/checkpoint.py, which pins it
+on every load.
 """
 
 from __future__ import annotations
@@ -19,11 +23,20 @@ import argparse
 import collections
 import dataclasses
 import json
+import re
+import sys
+import tomllib
 from pathlib import Path
-from typing import Any
 
-from refdiff_cli.config import SamplerConfig, to_dict
 from refdiff_cli.model.checkpoint import DEFAULT_MODEL_PATH, load_model, save_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from fidelity import fidelity_table  # benchmarks/ is not a package
+
+REPO = Path(__file__).resolve().parents[1]
+SPLIT = REPO / "docs" / "default-model-split.toml"
+DOC = REPO / "docs" / "default-model.md"
+NAME = "refdiff-small-x8"
 
 #: Where the training images came from and under which terms (../shared/data/README.md).
 DATA_LICENCES = {
@@ -38,62 +51,61 @@ DATA_LICENCES = {
 }
 
 
-def summary(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """PSNR / SSIM means per method and region from an evaluate report."""
-    result: dict[str, Any] = {"n_images": evaluation["n_images"], "scale": evaluation["scale"]}
-    for method, regions in evaluation["methods"].items():
-        result[method] = {
-            region: {k: values.get(k) for k in ("psnr", "ssim", "psnr_y", "ssim_y", "n_images")}
-            for region, values in regions.items()
-        }
-    return result
+def dataset_of(source_name: str) -> str:
+    """The dataset of a chips source: "levir/x" -> levir, "single/egy_x" -> egy, oscd_* -> oscd."""
+    folder, _, image = source_name.partition("/")
+    if folder == "single":
+        return image.split("_", 1)[0]
+    return "oscd" if folder.startswith("oscd") else folder
+
+
+def rewrite_doc(table: str) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    block = f"<!-- fidelity:begin -->\n{table}\n<!-- fidelity:end -->"
+    new, count = re.subn(
+        r"<!-- fidelity:begin -->.*?<!-- fidelity:end -->", block, text, flags=re.S
+    )
+    if count != 1:
+        raise SystemExit(f"{DOC} needs one fidelity:begin/fidelity:end block")
+    DOC.write_text(new, encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
-    parser.add_argument(
-        "validation", type=Path, nargs="*", help="evaluate --json reports (none: a first pass)"
-    )
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--sampler", default="heun")
-    parser.add_argument("--sigma-max", type=float, default=80.0)
-    parser.add_argument("--churn", type=float, default=0.0)
+    parser.add_argument("--fidelity", type=Path, default=None, help="benchmarks/fidelity.py --json")
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH)
     args = parser.parse_args()
 
     loaded = load_model(args.model)
     card = loaded.card
-    sampler = SamplerConfig(
-        sampler=args.sampler, steps=args.steps, sigma_max=args.sigma_max, S_churn=args.churn
-    )
     sources = card.training.get("sources", [])
-    # Images per (dataset folder, split); source names are "<folder>/<image>".
-    images = collections.Counter(
-        (str(s.get("name", "")).split("/")[0], s.get("split")) for s in sources
-    )
+    images = collections.Counter(dataset_of(str(s.get("name", ""))) for s in sources)
+    held_out = tomllib.loads(SPLIT.read_text(encoding="utf-8"))["validation"]
+    results = json.loads(args.fidelity.read_text(encoding="utf-8")) if args.fidelity else []
     training = {
         **card.training,
         # config.steps is the run's target; a run stopped early trained fewer steps.
         "steps_trained": card.training["images_seen"] // card.training["config"]["batch_size"],
         "data": {
-            folder: {
-                "licence": DATA_LICENCES.get(folder, "see the dataset"),
-                "train_images": images[folder, "train"],
-                "val_images": images[folder, "val"],
+            dataset: {
+                "licence": DATA_LICENCES.get(dataset, "see the dataset"),
+                "train_sources": images[dataset],
             }
-            for folder in sorted({folder for folder, _ in images})
+            for dataset in sorted(images)
         },
-        "validation_reports": [summary(json.loads(p.read_text())) for p in args.validation],
-        "sampler_choice": "best PSNR on 16 training chips (scripts/choose_sampler.py); "
-        "validation images scored only afterwards",
+        "held_out": held_out,
+        "fidelity": results,
+        "sampler_choice": "one deterministic Euler step from 0 at sigma_max: the network's "
+        "estimate of the conditional mean (trained on mean items); no seed noise",
     }
-    card = dataclasses.replace(
-        card, name="refdiff-small-x8", sampler=to_dict(sampler), training=training
-    )
+    card = dataclasses.replace(card, name=NAME, training=training)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     digest = save_model(args.out, loaded.denoiser.net, card)
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB), sha256 {digest}")
+    if results:
+        rewrite_doc(fidelity_table(results))
+        print(f"rewrote the scoreboard in {DOC}")
 
 
 if __name__ == "__main__":
