@@ -78,7 +78,8 @@ def main() -> None:
         work = args.work or Path(temp)
         cases = build_cases(set(args.sets.split(",")), data, work)
         results = [score(case, methods, args.model) for case in cases]
-    print_table(results, methods)
+    print(f"PSNR dB at x{SCALE}, each cell all / changed / unchanged\n")
+    print(fidelity_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 
@@ -254,21 +255,22 @@ def score(case: Case, methods: tuple[str, ...], model: Path | None) -> dict[str,
     return {"set": set_name, "case": case_name, "n_images": report["n_images"], "psnr": cells}
 
 
-def print_table(results: list[dict[str, Any]], methods: tuple[str, ...]) -> None:
-    print(f"PSNR dB at x{SCALE}, each cell all / changed / unchanged")
-    print()
-    print("| set | case | images | " + " | ".join(methods) + " |")
-    print("|---|---|---|" + "---|" * len(methods))
-    for result in results:
+def fidelity_table(results: list[dict[str, Any]]) -> str:
+    """The scoreboard as Markdown: PSNR all / changed / unchanged per method and case."""
+    methods = list(results[0]["psnr"])
+    lines = [
+        "| set | case | images | " + " | ".join(methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
+    for row in results:
         cells = [
-            " / ".join("-" if v is None else f"{v:.2f}" for v in result["psnr"][m].values())
+            " / ".join("-" if v is None else f"{v:.2f}" for v in row["psnr"][m].values())
             for m in methods
         ]
-        print(
-            f"| {result['set']} | {result['case']} | {result['n_images']} | "
-            + " | ".join(cells)
-            + " |"
+        lines.append(
+            f"| {row['set']} | {row['case']} | {row['n_images']} | " + " | ".join(cells) + " |"
         )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
