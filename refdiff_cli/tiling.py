@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +67,50 @@ class Tile:
     lr: PixelWindow
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TileGrid(Sequence[Tile]):
+    """The tiles of a plan, row-major, made on demand from the tile starts.
+
+    A sequence (``len``, indexing, slicing, iteration) that stores only the starts: a plan of
+    a 10^6 x 10^6 px raster holds a few hundred thousand numbers, not 10^10 tiles.
+    """
+
+    shape: tuple[int, int]
+    tile_px: int
+    scale: int
+    row_starts: tuple[int, ...]
+    col_starts: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.row_starts) * len(self.col_starts)
+
+    @overload
+    def __getitem__(self, index: int) -> Tile: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Tile]: ...
+    def __getitem__(self, index: int | slice) -> Tile | list[Tile]:
+        if isinstance(index, slice):
+            return [self._tile(i) for i in range(*index.indices(len(self)))]
+        count = len(self)
+        if not -count <= index < count:
+            raise IndexError(f"tile {index} of a plan of {count}")
+        return self._tile(index % count)
+
+    def __iter__(self) -> Iterator[Tile]:
+        return (self._tile(i) for i in range(len(self)))
+
+    def _tile(self, index: int) -> Tile:
+        i, j = divmod(index, len(self.col_starts))
+        height, width = self.shape
+        out = PixelWindow(
+            self.row_starts[i],
+            self.col_starts[j],
+            min(self.tile_px, height),
+            min(self.tile_px, width),
+        )
+        return Tile(index, i, j, out, out.divided(self.scale))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class TilePlan:
     """All tiles of one output raster, row-major, with the parameters that made them."""
@@ -78,7 +122,7 @@ class TilePlan:
     scale: int
     row_starts: tuple[int, ...]
     col_starts: tuple[int, ...]
-    tiles: tuple[Tile, ...]
+    tiles: TileGrid
 
 
 def axis_starts(length: int, *, tile_px: int, overlap_px: int, multiple: int) -> list[int]:
@@ -110,6 +154,9 @@ def plan_tiles(
 ) -> TilePlan:
     """Cut an output raster of ``shape`` (height, width) into overlapping tiles.
 
+    Only the tile starts are computed; ``plan.tiles`` makes each tile when it is asked for,
+    so planning costs the same for any raster size.
+
     Args:
         shape: output (height, width) in pixels, multiples of ``scale``.
         tile_px: tile edge in output pixels, a multiple of ``scale``; a raster smaller than a
@@ -130,11 +177,6 @@ def plan_tiles(
         raise ValueError(f"need 2 * margin ({margin_px}) <= overlap ({overlap_px}) < tile")
     rows = axis_starts(height, tile_px=tile_px, overlap_px=overlap_px, multiple=scale)
     cols = axis_starts(width, tile_px=tile_px, overlap_px=overlap_px, multiple=scale)
-    tiles: list[Tile] = []
-    for i, row in enumerate(rows):
-        for j, col in enumerate(cols):
-            out = PixelWindow(row, col, min(tile_px, height), min(tile_px, width))
-            tiles.append(Tile(len(tiles), i, j, out, out.divided(scale)))
     return TilePlan(
         shape=(height, width),
         tile_px=tile_px,
@@ -143,7 +185,7 @@ def plan_tiles(
         scale=scale,
         row_starts=tuple(rows),
         col_starts=tuple(cols),
-        tiles=tuple(tiles),
+        tiles=TileGrid((height, width), tile_px, scale, tuple(rows), tuple(cols)),
     )
 
 
@@ -285,8 +327,15 @@ class StripAccumulator:
         return strips
 
     def _shift(self, count: int) -> None:
-        """Drop the first ``count`` buffer rows and zero the freed rows at the bottom."""
+        """Drop the first ``count`` buffer rows and zero the freed rows at the bottom.
+
+        Rows move up in slabs of at most ``count`` rows, which never overlap their source:
+        no temporary copy of the buffer (a whole copy doubled the peak memory of wide rasters).
+        """
+        rows = self._wsum.shape[0]
         for buffer in (self._acc[:, :, :], self._wsum[None], self._valid[None]):
-            buffer[:, :-count] = buffer[:, count:].copy()
-            buffer[:, -count:] = 0
+            for top in range(0, rows - count, count):
+                end = min(top + count, rows - count)
+                buffer[:, top:end] = buffer[:, top + count : end + count]
+            buffer[:, max(0, rows - count) :] = 0
         self._base += count

@@ -392,6 +392,34 @@ def mask_encoding(sources: Sources, option: str) -> masks.MaskEncoding:
     return masks.resolve_encoding(option, values, source=source)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckedSources:
+    """The inputs of an upscale after every check that reads headers only (no pixel blocks).
+
+    Attributes:
+        lr, ref, mask: the rasters.
+        lr_bands, ref_bands: 1-based bands read from LR and ref (same count).
+        mask_grid: the grid the mask is read on.
+        ref_coverage, mask_coverage: fraction (0..1) of the LR footprint they cover.
+        warnings: messages for the user (partial coverage, ...).
+    """
+
+    lr: RasterInfo
+    ref: RasterInfo
+    mask: RasterInfo
+    lr_bands: tuple[int, ...]
+    ref_bands: tuple[int, ...]
+    mask_grid: Grid
+    ref_coverage: float
+    mask_coverage: float
+    warnings: tuple[str, ...]
+
+    @property
+    def lr_grid(self) -> Grid:
+        """The LR grid (always georeferenced)."""
+        return require_grid(self.lr)
+
+
 def open_sources(
     lr: Path,
     ref: Path,
@@ -407,9 +435,38 @@ def open_sources(
 ) -> Sources:
     """Open, validate and fully decode the three inputs of an upscale (the preflight).
 
+    ``check_sources`` then ``decode_sources``: see them for the arguments and errors.
+    """
+    checked = check_sources(
+        lr,
+        ref,
+        mask,
+        scale=scale,
+        bands=bands,
+        ref_bands=ref_bands,
+        mask_grid=mask_grid,
+        expect_bands=expect_bands,
+        primary_role=primary_role,
+    )
+    return decode_sources(checked, percentiles=percentiles)
+
+
+def check_sources(
+    lr: Path,
+    ref: Path,
+    mask: Path,
+    *,
+    scale: int,
+    bands: Sequence[int] | None = None,
+    ref_bands: Sequence[int] | None = None,
+    mask_grid: MaskGrid = "own",
+    expect_bands: int | None = None,
+    primary_role: Role = "lr",
+) -> CheckedSources:
+    """Check the three inputs of an upscale from their headers alone (fast at any size).
+
     Checks, cheapest first: paths, GeoTIFF headers, georeferencing, band selections, the
-    LR/ref ground-pixel ratio against ``scale``, footprint overlap (in the LR's CRS), then a
-    decode of every block that will be read.
+    LR/ref ground-pixel ratio against ``scale``, footprint overlap (in the LR's CRS).
 
     Args:
         lr, ref, mask: the input files.
@@ -420,7 +477,6 @@ def open_sources(
         mask_grid: "own" (the mask is georeferenced), or borrow the "ref" or "lr" grid for a
             mask without georeferencing that has the same shape.
         expect_bands: bands the engine takes (None: any).
-        percentiles: the normalisation's (p_low, p_high).
         primary_role: the role name of ``lr`` in messages ("hr" when prepare uses the HR
             raster as the grid-defining input with ``scale=1``).
 
@@ -449,12 +505,7 @@ def open_sources(
     messages: list[str] = []
     ref_cover = _coverage_or_fail(lr_info, ref_info, ref_grid, messages)
     mask_cover = _coverage_or_fail(lr_info, mask_info, own_mask_grid, messages)
-    lr_scan = scan(lr_info, lr_sel, percentiles=percentiles)
-    ref_scan = scan(
-        ref_info, ref_sel, window=_needed_window(ref_grid, lr_grid), percentiles=percentiles
-    )
-    mask_scan = scan(mask_info, (1,), window=_needed_window(own_mask_grid, lr_grid), distinct=True)
-    return Sources(
+    return CheckedSources(
         lr=lr_info,
         ref=ref_info,
         mask=mask_info,
@@ -463,10 +514,48 @@ def open_sources(
         mask_grid=own_mask_grid,
         ref_coverage=ref_cover,
         mask_coverage=mask_cover,
+        warnings=tuple(messages),
+    )
+
+
+def decode_sources(
+    checked: CheckedSources, *, percentiles: tuple[float, float] = (0.5, 99.5)
+) -> Sources:
+    """Decode every block of the checked inputs that will be read (time grows with the LR).
+
+    A truncated or corrupt file opens fine and fails only here, before any model work.
+
+    Args:
+        checked: what ``check_sources`` returned.
+        percentiles: the normalisation's (p_low, p_high).
+
+    Raises:
+        InputError: a block does not decode, or an input has no valid pixel.
+    """
+    lr_grid, ref_grid = checked.lr_grid, require_grid(checked.ref)
+    lr_scan = scan(checked.lr, checked.lr_bands, percentiles=percentiles)
+    ref_scan = scan(
+        checked.ref,
+        checked.ref_bands,
+        window=_needed_window(ref_grid, lr_grid),
+        percentiles=percentiles,
+    )
+    mask_scan = scan(
+        checked.mask, (1,), window=_needed_window(checked.mask_grid, lr_grid), distinct=True
+    )
+    return Sources(
+        lr=checked.lr,
+        ref=checked.ref,
+        mask=checked.mask,
+        lr_bands=checked.lr_bands,
+        ref_bands=checked.ref_bands,
+        mask_grid=checked.mask_grid,
+        ref_coverage=checked.ref_coverage,
+        mask_coverage=checked.mask_coverage,
         lr_scan=lr_scan,
         ref_scan=ref_scan,
         mask_scan=mask_scan,
-        warnings=tuple(messages),
+        warnings=checked.warnings,
     )
 
 

@@ -124,6 +124,16 @@ def _nearest_folder(folder: Path) -> Path:
     return Path("/")
 
 
+def byte_size(count: int) -> str:
+    """Bytes in a readable binary unit: ``512.0 KiB``, ``3.4 GiB``, ``166.5 PiB``."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"
+
+
 def preflight_output(out: Path, *, inputs: Sequence[Path], overwrite: bool, raw_bytes: int) -> int:
     """Check, before any model work, that ``out`` can be written; leave nothing behind.
 
@@ -174,17 +184,17 @@ def preflight_output(out: Path, *, inputs: Sequence[Path], overwrite: bool, raw_
     if raw_bytes > 0:
         if free < MIN_FREE_FRACTION * raw_bytes:
             raise OutputError(
-                f"not enough free space in {folder}: {free / 2**20:.1f} MiB free, the output "
-                f"is {raw_bytes / 2**20:.1f} MiB uncompressed",
+                f"not enough free space in {folder}: {byte_size(free)} free, the output "
+                f"is {byte_size(raw_bytes)} uncompressed",
                 hint="free some space or write elsewhere",
             )
         if free < raw_bytes:
             logger.warning(
-                "%s has %.1f MiB free, less than the %.1f MiB uncompressed output; it fits only "
-                "if it compresses well",
+                "%s has %s free, less than the %s uncompressed output; it fits only if it "
+                "compresses well",
                 folder,
-                free / 2**20,
-                raw_bytes / 2**20,
+                byte_size(free),
+                byte_size(raw_bytes),
             )
     return free
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from refdiff_cli.data.degrade import upsample
 from refdiff_cli.tiling import (
     PixelWindow,
     StripAccumulator,
+    Tile,
     TilePlan,
     axis_starts,
     batches,
@@ -242,3 +245,38 @@ def test_tiles_must_come_in_plan_order() -> None:
     second = plan.tiles[1]
     with pytest.raises(ValueError, match="out of order"):
         accumulator.add(second, np.zeros((1, 32, 32), np.float32), np.ones((32, 32), bool))
+
+
+@given(plan=plan_strategy())
+def test_lazy_tiles_are_the_row_major_grid_of_the_starts(plan: TilePlan) -> None:
+    height, width = plan.shape
+    expected = []
+    for i, row in enumerate(plan.row_starts):
+        for j, col in enumerate(plan.col_starts):
+            out = PixelWindow(row, col, min(plan.tile_px, height), min(plan.tile_px, width))
+            expected.append(Tile(len(expected), i, j, out, out.divided(plan.scale)))
+    assert list(plan.tiles) == expected
+    assert len(plan.tiles) == len(expected)
+    assert [plan.tiles[i] for i in range(len(expected))] == expected
+    assert plan.tiles[-1] == expected[-1]
+    assert plan.tiles[1:4] == expected[1:4]
+    assert [t for group in batches(plan.tiles, 3) for t in group] == expected
+    with pytest.raises(IndexError):
+        plan.tiles[len(expected)]
+
+
+def test_a_plan_of_a_huge_raster_is_made_at_once() -> None:
+    """Issue 9, item 3: a 10^6 x 10^6 LR at x8 is 3.2 * 10^8 tiles; the plan holds only starts."""
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        plan = plan_tiles((8 * 10**6, 8 * 10**6), tile_px=512, overlap_px=64, margin_px=16, scale=8)
+        last = plan.tiles[-1]
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(plan.tiles) == len(plan.row_starts) ** 2 == 17_857**2
+    assert last.out == PixelWindow(8 * 10**6 - 512, 8 * 10**6 - 512, 512, 512)
+    assert seconds < 5
+    assert peak < 20 * 2**20, f"planning took {peak / 2**20:.0f} MiB"
