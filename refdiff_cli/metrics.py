@@ -153,7 +153,7 @@ def _ssim_map(sr: FloatArray, hr: FloatArray, data_range: float) -> FloatArray:
     if min(height, width) < 2 * SSIM_RADIUS + 1:
         raise ValueError(
             f"SSIM needs images of at least {2 * SSIM_RADIUS + 1}x{2 * SSIM_RADIUS + 1} pixels "
-            f"after the border crop, got {height}x{width}"
+            f"after the border crop, got {width}x{height}"
         )
     ux, uy = _blur(sr), _blur(hr)  # (C, H, W) local means
     vx = _blur(sr * sr) - ux * ux

@@ -148,7 +148,7 @@ class LPIPS(nn.Module):
         if min(sr_arr.shape[1:]) < MIN_SIDE_PX:
             raise ValueError(
                 f"LPIPS needs images of at least {MIN_SIDE_PX}x{MIN_SIDE_PX} pixels, got "
-                f"{sr_arr.shape[1]}x{sr_arr.shape[2]}"
+                f"{sr_arr.shape[2]}x{sr_arr.shape[1]}"
             )
         for name, arr in (("sr", sr_arr), ("hr", hr_arr)):
             if not np.isfinite(arr).all() or arr.min() < -1.0 or arr.max() > 1.0:

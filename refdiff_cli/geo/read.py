@@ -27,6 +27,7 @@ from refdiff_cli.data.normalize import PercentileAccumulator
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo.env import rasterio_env
 from refdiff_cli.geo.grid import Grid, coverage, ground_pixel_size, to_window, upscaled
+from refdiff_cli.geo.tiffcheck import truncation
 from refdiff_cli.tiling import PixelWindow
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,12 @@ def open_geotiff(path: Path, role: str) -> Iterator[Any]:
                 hint="refdiff reads GeoTIFF files only; convert with gdal_translate",
             ) from exc
         with dataset:
+            problem = truncation(path)
+            if problem is not None:  # GDAL only warns, and drops the tag
+                raise InputError(
+                    f"{role} {path} is truncated or corrupt: {problem}",
+                    hint="re-create or re-download the file",
+                )
             yield dataset
 
 
@@ -490,7 +497,7 @@ def check_sources(
     infos = {role: inspect_raster(path, role) for role, path in paths.items()}
     lr_info, ref_info, mask_info = infos[primary_role], infos["ref"], infos["mask"]
     lr_grid, ref_grid = require_grid(lr_info), require_grid(ref_info)
-    own_mask_grid = _mask_grid(mask_info, mask_grid, lr_grid, ref_grid, scale)
+    own_mask_grid = _mask_grid(mask_info, mask_grid, lr_grid, ref_grid, scale, role=primary_role)
 
     lr_sel = select_bands(lr_info, bands)
     ref_sel = _ref_bands(ref_info, lr_info, lr_sel, bands, ref_bands)
@@ -503,6 +510,14 @@ def check_sources(
     _check_scale(lr_info, lr_grid, ref_info, ref_grid, scale)
 
     messages: list[str] = []
+    if bands is None and lr_info.alpha_band is not None:
+        message = (
+            f"{lr_info.role} {lr_info.path}: band {lr_info.alpha_band} of {lr_info.count} is an "
+            f"alpha band; it only marks valid pixels and is not upscaled (bands used: "
+            f"{', '.join(map(str, lr_sel))}; choose others with -b)"
+        )
+        logger.warning("%s", message)
+        messages.append(message)
     ref_cover = _coverage_or_fail(lr_info, ref_info, ref_grid, messages)
     mask_cover = _coverage_or_fail(lr_info, mask_info, own_mask_grid, messages)
     return CheckedSources(
@@ -559,23 +574,28 @@ def decode_sources(
     )
 
 
-def _mask_grid(info: RasterInfo, how: MaskGrid, lr: Grid, ref: Grid, scale: int) -> Grid:
-    """The grid the mask is read on, per ``--mask-grid``."""
+def _mask_grid(
+    info: RasterInfo, how: MaskGrid, lr: Grid, ref: Grid, scale: int, *, role: str = "lr"
+) -> Grid:
+    """The grid the mask is read on, per ``--mask-grid`` ("lr": the image's, named ``role``)."""
+    image = role.upper()
     if how == "own":
         if info.grid is None:
             raise InputError(
                 f"mask {info.path} has no georeferencing",
-                hint="georeference it, or pass --mask-grid ref (or lr) if it is on the same "
-                "pixel grid as the reference (or the LR)",
+                hint="georeference it, or pass --mask-grid ref (or image) if it is on the same "
+                f"pixel grid as the reference (or the {image})",
             )
         return info.grid
     candidates = [ref] if how == "ref" else [lr, upscaled(lr, scale)]
     for grid in candidates:
         if grid.shape == info.shape:
             return grid
-    shapes = " or ".join(f"{g.height}x{g.width}" for g in candidates)
-    raise InputError(
-        f"mask {info.path} is {info.shape[0]}x{info.shape[1]} px; --mask-grid {how} needs {shapes}",
+    shapes = " or ".join(dict.fromkeys(f"{g.width}x{g.height}" for g in candidates))
+    option = "ref" if how == "ref" else f"image (the {image}'s grid)"
+    raise InputError(  # sizes width x height, as the tables print them
+        f"mask {info.path} is {info.shape[1]}x{info.shape[0]} px; --mask-grid {option} needs "
+        f"{shapes} px",
         hint="the mask must be on exactly that pixel grid, or georeference it",
     )
 
@@ -608,12 +628,21 @@ def _check_scale(
 ) -> None:
     lr_gsd, ref_gsd = ground_pixel_size(lr_grid), ground_pixel_size(ref_grid)
     ratio = lr_gsd / ref_gsd
-    if not scale / GSD_TOLERANCE <= ratio <= scale * GSD_TOLERANCE:
+    if scale / GSD_TOLERANCE <= ratio <= scale * GSD_TOLERANCE:
+        return
+    if lr.role == "hr":  # prepare: the reference must share the HR's pixel size
         raise InputError(
-            f"the model is x{scale}, but {lr.role} {lr.path} ({lr_gsd:.3g} m) / ref {ref.path} "
-            f"({ref_gsd:.3g} m) = x{ratio:.3g}",
-            hint="use a model (or --scale for bicubic) that fits, or resample the inputs",
+            f"ref {ref.path} has {ref_gsd:.3g} m pixels, but the HR {lr.path} has {lr_gsd:.3g} m "
+            f"(x{ratio:.3g}); the reference must have the HR's pixel size",
+            hint=f"resample the reference onto the HR's pixel size, e.g. gdalwarp -t_srs "
+            f"{lr_grid.crs.to_string()} -tr {abs(lr_grid.transform.a):.6g} "
+            f"{abs(lr_grid.transform.e):.6g} -r cubic {ref.path} ref_resampled.tif",
         )
+    raise InputError(
+        f"the upscale is x{scale}, but {lr.role} {lr.path} ({lr_gsd:.3g} m) / ref {ref.path} "
+        f"({ref_gsd:.3g} m) = x{ratio:.3g}; the ref needs {lr_gsd / scale:.3g} m pixels",
+        hint="use a model (or --scale for bicubic) that fits, or resample the inputs",
+    )
 
 
 def _coverage_or_fail(lr: RasterInfo, other: RasterInfo, grid: Grid, messages: list[str]) -> float:
