@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import typer
 
@@ -110,8 +110,12 @@ def evaluate_command(
     ] = None,
     ref_bidx: shared.RefBidx = None,
     mask_grid: Annotated[
-        MaskGrid,
-        typer.Option("--mask-grid", help="CSV sets: 'own', or the 'ref' or 'lr' grid."),
+        str,
+        typer.Option(
+            "--mask-grid",
+            metavar=shared.MASK_GRID_METAVAR,
+            help=shared.mask_grid_help("LR", where="CSV sets. "),
+        ),
     ] = "own",
     mask_encoding: Annotated[
         str,
@@ -173,7 +177,7 @@ def evaluate_command(
         mask_encoding=mask_encoding,
         bands=parse_bands(bidx, "-b/--bidx"),
         ref_bands=parse_bands(ref_bidx, "--ref-bidx"),
-        mask_grid=mask_grid,
+        mask_grid=cast(MaskGrid, shared.resolve_mask_grid(mask_grid, image_role="lr")),
         model=model,
         model_sha256=model_sha256,
         steps=steps,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,7 @@ import typer
 
 from refdiff_cli.config import Precision as PrecisionName
 from refdiff_cli.config import SamplerName
+from refdiff_cli.errors import ConfigError
 
 Model = Annotated[
     Path | None,
@@ -65,3 +67,44 @@ RefBidx = Annotated[
     str | None, typer.Option("--ref-bidx", help="Reference bands, 1-based [default: as -b].")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON report on stdout.")]
+
+
+#: ``--mask-grid`` values, the same in upscale, evaluate and prepare: a mask without
+#: georeferencing lies on the grid of the reference ("ref") or of the image the command works
+#: on ("image": the LR in upscale and evaluate, the HR in prepare).
+MASK_GRID_CHOICES = ("own", "ref", "image")
+MASK_GRID_METAVAR = "<own|ref|image>"
+
+
+def mask_grid_help(image: str, *, where: str = "", note: str = "") -> str:
+    """Help of ``--mask-grid`` where the command's image is ``image`` ("LR", "HR")."""
+    return (
+        f"{where}Masks without georeferencing: 'ref' (on the reference's grid) or 'image' (on "
+        f"the {image}'s grid{note}); 'own': the mask is georeferenced."
+    )
+
+
+def resolve_mask_grid(value: str, *, image_role: str) -> str:
+    """The internal ``--mask-grid`` value: "own", "ref", or ``image_role`` ("lr", "hr").
+
+    ``image_role`` itself is the command's former spelling of "image" (upscale and evaluate
+    took "lr", prepare "hr"): still accepted, with a deprecation warning.
+
+    Raises:
+        ConfigError: any other value (exit 2).
+    """
+    if value == image_role:
+        logging.getLogger("refdiff_cli.cli").warning(
+            "--mask-grid %s is deprecated; it is now called --mask-grid image (the same grid)",
+            value,
+        )
+        return value
+    if value == "image":
+        return image_role
+    if value in MASK_GRID_CHOICES:
+        return value
+    raise ConfigError(
+        f"Invalid value for '--mask-grid': {value!r} is not one of "
+        + ", ".join(repr(c) for c in MASK_GRID_CHOICES),
+        hint="'image' is the grid of the image the command works on",
+    )

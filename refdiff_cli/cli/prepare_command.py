@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from refdiff_cli.cli import options as shared
 from refdiff_cli.cli import render
 from refdiff_cli.cli.upscale_command import parse_bands
 
@@ -88,10 +89,11 @@ def prepare_command(
         str | None, typer.Option("--bidx", "-b", help="Bands to use, 1-based, e.g. 3,2,1.")
     ] = None,
     mask_grid: Annotated[
-        MaskGridChoice,
+        str,
         typer.Option(
             "--mask-grid",
-            help="CSV masks without georeferencing: borrow the 'ref' or 'hr' grid ('own': none).",
+            metavar=shared.MASK_GRID_METAVAR,
+            help=shared.mask_grid_help("HR", where="CSV sets. "),
         ),
     ] = "own",
     min_valid: Annotated[
@@ -129,7 +131,7 @@ def prepare_command(
         seed=seed,
         mask_encoding=mask_encoding,
         bands=parse_bands(bidx, "-b/--bidx"),
-        mask_grid=mask_grid,
+        mask_grid=cast(MaskGridChoice, shared.resolve_mask_grid(mask_grid, image_role="hr")),
         synthesize_changes=synthesize_changes,
         min_valid=min_valid,
         overwrite=overwrite,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -181,10 +181,11 @@ def upscale_command(
     ] = None,
     ref_bidx: shared.RefBidx = None,
     mask_grid: Annotated[
-        MaskGrid,
+        str,
         typer.Option(
             "--mask-grid",
-            help="'own', or borrow the 'ref' or 'lr' grid for a mask without georeferencing.",
+            metavar=shared.MASK_GRID_METAVAR,
+            help=shared.mask_grid_help("LR", note=", at its pixel size or the output's"),
         ),
     ] = "own",
     mask_encoding: Annotated[
@@ -229,7 +230,7 @@ def upscale_command(
         batch_size=batch_size,
         bands=parse_bands(bidx, "-b/--bidx"),
         ref_bands=parse_bands(ref_bidx, "--ref-bidx"),
-        mask_grid=mask_grid,
+        mask_grid=cast(MaskGrid, shared.resolve_mask_grid(mask_grid, image_role="lr")),
         mask_encoding=mask_encoding,
         creation_options=tuple(co),
         cog=cog,
