@@ -145,3 +145,32 @@ def test_evaluate_table_to_a_reader_that_went_away(tmp_path: Path) -> None:
     code, stderr = run_with_stdout_closed(["evaluate", str(root), "--scale", "8"])
     assert code == 0, stderr
     assert "Traceback" not in stderr, stderr
+
+
+def test_failure_documents_have_the_shapes_the_readme_gives(
+    make_raster: RasterFactory, tmp_path: Path
+) -> None:
+    """README, "Exit codes": the four keys before a report, a single item's keys otherwise."""
+    usage = run_cli(["upscale", "lr.tif", "--seed", "abc", "--json"])
+    assert usage.returncode == 2, usage.stderr
+    doc = failed_document(usage.stdout, 2)
+    assert set(doc) == {"status", "exit_code", "error", "message"}
+    assert doc["error"] == "UsageError"
+    assert usage.stderr.strip().splitlines()[-1] == f"refdiff: error: {doc['message']}"
+
+    args = triplet(make_raster, 8, 8)
+    missing = run_cli(
+        [
+            "upscale",
+            str(tmp_path / "missing.tif"),
+            *args[1:],
+            "-o",
+            str(tmp_path / "o.tif"),
+            *BICUBIC,
+            "--json",
+        ]
+    )
+    assert missing.returncode == 3, missing.stderr
+    item = failed_document(missing.stdout, 3)
+    assert set(item) == {"lr", "output", "status", "exit_code", "error", "message", "seconds"}
+    assert item["error"] == "InputError"
