@@ -17,13 +17,17 @@ output grid, ``L`` the LR.
    ``search_px``; around it, each LR pixel picks among shifts ``d_0 + {-1, -1/2, 0, 1/2, 1}^2``
    the one whose cost, averaged over a ``2 radius`` window, is least. The resulting shift
    field is smoothed, upsampled and applied with bicubic resampling: ``R_w``.
-2. **Radiometry.** Per band and LR pixel, the guided-filter coefficients of He et al. (2013)
-   with guide ``D(R_w)`` and input ``L``: ``a = cov / (var + eps)``, ``b = mean_L - a mean_R``,
-   averaged over the window, then bilinearly upsampled: ``T = a R_w + b`` (the reference in
-   the LR's colours, at full resolution).
-3. **Trust.** The agreement ``rho^2 = cov^2 / ((var_R + eps)(var_L + eps))`` (squared local
-   correlation, averaged over bands) maps to a weight
-   ``w = clip((rho^2 - rho_low) / (rho_high - rho_low), 0, 1) * (1 - M) * valid``:
+2. **Radiometry.** Per band and LR pixel, guided-filter coefficients (He et al. 2013) with
+   guide ``G = D(R_w)`` and input ``L`` over the (2r+1)^2 window, as a ridge fit shrunk
+   towards the tile's own least-squares gain ``a_0``:
+   ``a = (cov(G, L) + eps a_0) / (var G + eps)``, ``b = mean L - a mean G``; both are
+   averaged over the window and bilinearly upsampled: ``T = a R_w + b`` (the reference in the
+   LR's colours, at full resolution). Shrinking towards ``a_0`` rather than 0 keeps the
+   detail of areas that look flat at LR scale (crop rows, roof tiles).
+3. **Trust.** The share of the LR's local variance the fit leaves unexplained,
+   ``u = (var L - 2 a cov + a^2 var G) / (var L + noise_var)`` (mean over bands, averaged
+   over the window), gives the agreement ``1 - u`` and the weight
+   ``w = clip((1 - u - trust_low) / (trust_high - trust_low), 0, 1) * (1 - M) * valid``:
    0 where the mask says changed, where the reference has no data, or where the reference
    does not explain the LR (another place, a 37 px misregistration, a flat grey image).
 4. **Detail and consistency.** ``X_0 = U(L) + w (T - U(D(T)))`` adds the detail of ``T`` that
@@ -60,8 +64,10 @@ class GuidedConfig:
             must beat no shift by this margin per pixel; 0.05 = 5 %).
         local_px: largest local refinement around the global shift, output pixels.
         local_step_px: step of the local refinement, output pixels.
-        rho_low, rho_high: agreement (squared correlation, 0..1) at which the reference
-            starts to be used, and is fully used.
+        noise_var: variance added to the LR's local variance before the unexplained share
+            is taken, model units squared (flat areas are not judged on their noise).
+        trust_low, trust_high: agreement (1 - unexplained share, 0..1) at which the
+            reference's detail starts to be used, and is fully used.
         consistency_steps: back-projection iterations towards ``D(X) = L``.
     """
 
@@ -96,7 +102,7 @@ class GuidedResult:
     Attributes:
         estimate: (B, C, H, W) the guided estimate X, model space (not clamped).
         weight: (B, 1, H, W) w in [0, 1]: how much of the reference's detail each pixel took.
-        agreement: (B, 1, H, W) rho^2 in [0, 1], before the mask and validity are applied.
+        agreement: (B, 1, H, W) 1 - u in [0, 1] (step 3), before the mask and validity.
         shift: (B, 2, H, W) the registration shift (dy, dx) applied, output pixels.
     """
 
