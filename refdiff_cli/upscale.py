@@ -54,9 +54,15 @@ BASE_MEMORY_BYTES = 300 * 2**20
 #: finished strips divided out of it, their cast and their verification (measured: the peak
 #: grew by 2.7 buffer sizes per added output column).
 STRIP_BUFFER_COPIES = 3
-#: Bytes per tile pixel and band-plane of the bicubic and guided engines (inputs, stacks,
-#: padded copies, output) and of the diffusion model (its activations, far larger).
-ENGINE_TILE_BYTES = {"diffusion": 4 * 8, "other": 4 * 3}
+#: Bytes per tile pixel and band-plane (LR_up, reference, state, masks) of the engines'
+#: inputs, stacks, padded copies and outputs: the bicubic and guided engines, and the diffusion
+#: sampler (its state, noise and denoised copies) before the network's own activations.
+PLANE_BYTES = {"diffusion": 4 * 4, "other": 4 * 3}
+#: Feature maps alive per encoder level during a forward pass, besides its skip connections.
+WORKING_MAPS = 4
+#: Margin on the network's feature maps (allocator slack, convolution workspaces): measured
+#: peaks of the tiny and small presets on the CPU were 1.0-1.2 times the estimate without it.
+ACTIVATION_MARGIN = 1.5
 
 Array = npt.NDArray[np.float32]
 Valid = npt.NDArray[np.bool_]
@@ -463,8 +469,9 @@ def memory_estimate(plan: TilePlan, width: int, bands: int, batch_size: int, eng
     buffer_rows = min(plan.shape[0], min(plan.tile_px, plan.shape[0]) + 256)
     accumulator = buffer_rows * width * (4 * bands + 4 + 1)
     tile_pixels = min(plan.tile_px, plan.shape[0]) * min(plan.tile_px, plan.shape[1])
-    per_plane = ENGINE_TILE_BYTES["diffusion" if engine.name == "diffusion" else "other"]
-    tiles = batch_size * tile_pixels * (3 * bands + 2) * per_plane
+    per_plane = PLANE_BYTES["diffusion" if engine.name == "diffusion" else "other"]
+    maps, scores = _network_bytes(engine, tile_pixels)
+    tiles = batch_size * (tile_pixels * (3 * bands + 2) * per_plane + maps) + scores
     return (
         BASE_MEMORY_BYTES
         + _model_bytes(engine)
@@ -472,6 +479,30 @@ def memory_estimate(plan: TilePlan, width: int, bands: int, batch_size: int, eng
         + STRIP_BUFFER_COPIES * accumulator
         + tiles
     )
+
+
+def _network_bytes(engine: Engine, pixels: int) -> tuple[int, int]:
+    """Peak bytes of the network for one tile of ``pixels`` output pixels: (feature maps per
+    tile, attention scores per batch); (0, 0) for engines without a network.
+
+    From the card's network: each encoder level keeps its skip connections (``num_blocks +
+    1``) and a few working maps of ``model_channels * mult`` channels on its pixel grid
+    (``pixels / (stem_unshuffle^2 * 4^level)``). The middle attention's square score matrix
+    over the coarsest grid is held for one tile at a time (PyTorch's CPU attention kernel
+    works through the batch), so it is counted once.
+    """
+    card = getattr(getattr(engine, "model", None), "card", None)
+    network = getattr(card, "network", None)
+    if not isinstance(network, dict):
+        return 0, 0
+    channels = int(network.get("model_channels", 128))
+    mult = tuple(network.get("channel_mult", (2, 2, 2)))
+    maps = int(network.get("num_blocks", 4)) + 1 + WORKING_MAPS
+    unshuffled = pixels / int(network.get("stem_unshuffle", 1)) ** 2
+    floats = sum(maps * channels * m * unshuffled / 4**level for level, m in enumerate(mult))
+    coarse = unshuffled / 4 ** (len(mult) - 1)
+    scores = 2 * 4 * coarse**2 if network.get("middle_attention", True) else 0.0
+    return int(ACTIVATION_MARGIN * 4 * floats), int(scores)
 
 
 def _model_bytes(engine: Engine) -> int:
