@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "geo/write": 2,
     "geo/profiles": 2,
     "geo/images": 2,
+    "geo/tiffcheck": 2,
     "model/checkpoint": 2,
     "perceptual": 2,
     "data/dataset": 2,
