@@ -111,6 +111,17 @@ def make_raster(tmp_path: Path) -> RasterFactory:
     return make
 
 
+def zero_sample_mask(path: Path) -> Path:
+    """An all-zero ("nothing changed") copy of the sample scene's change mask, at ``path``."""
+    import rasterio
+
+    with rasterio.open(SAMPLE_DATA / "cd.tif") as src:
+        profile, shape = src.profile, (src.count, src.height, src.width)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.zeros(shape, dtype=np.uint8))
+    return path
+
+
 def run_cli(
     args: list[str],
     *,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from tests.conftest import SAMPLE_DATA, run_cli
+from tests.conftest import SAMPLE_DATA, run_cli, zero_sample_mask
 
 
 def _psnr(path: Path) -> float:
@@ -20,16 +20,8 @@ def _psnr(path: Path) -> float:
     return float(10 * np.log10(255.0**2 / ((out - hr) ** 2).mean()))
 
 
-def _zero_mask(path: Path) -> Path:
-    with rasterio.open(SAMPLE_DATA / "cd.tif") as src:
-        profile, shape = src.profile, (src.count, src.height, src.width)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(np.zeros(shape, dtype=np.uint8))
-    return path
-
-
 def test_guided_engine_transfers_a_perfect_reference_and_ignores_garbage(tmp_path: Path) -> None:
-    mask = _zero_mask(tmp_path / "zero.tif")
+    mask = zero_sample_mask(tmp_path / "zero.tif")
     scores = {}
     for name, ref in (("perfect", SAMPLE_DATA / "hr.tif"), ("grey", tmp_path / "grey_ref.tif")):
         if name == "grey":
