@@ -328,16 +328,14 @@ def _read_window(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Sources:
-    """The validated inputs of one upscale.
+class CheckedSources:
+    """The inputs of an upscale after every check that reads headers only (no pixel blocks).
 
     Attributes:
         lr, ref, mask: the rasters.
         lr_bands, ref_bands: 1-based bands read from LR and ref (same count).
-        mask_grid: the grid the mask is read on (its own, or borrowed from ref or LR).
+        mask_grid: the grid the mask is read on.
         ref_coverage, mask_coverage: fraction (0..1) of the LR footprint they cover.
-        lr_scan, ref_scan, mask_scan: what the full decode found (ref and mask: where they
-            overlap the LR).
         warnings: messages for the user (partial coverage, ...).
     """
 
@@ -349,15 +347,26 @@ class Sources:
     mask_grid: Grid
     ref_coverage: float
     mask_coverage: float
-    lr_scan: Scan
-    ref_scan: Scan
-    mask_scan: Scan
     warnings: tuple[str, ...]
 
     @property
     def lr_grid(self) -> Grid:
         """The LR grid (always georeferenced)."""
         return require_grid(self.lr)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sources(CheckedSources):
+    """The validated inputs of one upscale: the header checks, then what the full decode found.
+
+    Attributes:
+        lr_scan, ref_scan, mask_scan: what the full decode found (ref and mask: where they
+            overlap the LR).
+    """
+
+    lr_scan: Scan
+    ref_scan: Scan
+    mask_scan: Scan
 
     @property
     def band_descriptions(self) -> tuple[str | None, ...]:
@@ -397,34 +406,6 @@ def mask_encoding(sources: Sources, option: str) -> masks.MaskEncoding:
             hint="pass --mask-encoding binary (>= 0.5 is changed) or a class table",
         )
     return masks.resolve_encoding(option, values, source=source)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class CheckedSources:
-    """The inputs of an upscale after every check that reads headers only (no pixel blocks).
-
-    Attributes:
-        lr, ref, mask: the rasters.
-        lr_bands, ref_bands: 1-based bands read from LR and ref (same count).
-        mask_grid: the grid the mask is read on.
-        ref_coverage, mask_coverage: fraction (0..1) of the LR footprint they cover.
-        warnings: messages for the user (partial coverage, ...).
-    """
-
-    lr: RasterInfo
-    ref: RasterInfo
-    mask: RasterInfo
-    lr_bands: tuple[int, ...]
-    ref_bands: tuple[int, ...]
-    mask_grid: Grid
-    ref_coverage: float
-    mask_coverage: float
-    warnings: tuple[str, ...]
-
-    @property
-    def lr_grid(self) -> Grid:
-        """The LR grid (always georeferenced)."""
-        return require_grid(self.lr)
 
 
 def open_sources(
