@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -203,11 +203,10 @@ class DiffusionEngine:
         self.size_multiple = math.lcm(card.scale, model.denoiser.net.config.size_multiple)
         self.normalization = Normalization.from_dict(card.normalization)
         self.target = card.target
-        self.reference: ReferenceMode = "guided" if card.reference == "guided" else "raw"
-        self.upsample_mode: UpsampleMode = (
-            "bilinear" if card.lr_upsample == "bilinear" else "bicubic"
-        )
-        self.guided_config = GuidedConfig(**card.guided) if card.reference == "guided" else None
+        # The card has validated both fields against these literals.
+        self.reference = cast(ReferenceMode, card.reference)
+        self.upsample_mode = cast(UpsampleMode, card.lr_upsample)
+        self.guided_config = card.guided_config
         self.mask_channel: MaskChannel | None = channel_kind(card.mask_encoding)
         if self.target == "residual" and sampler.start == "lr":
             raise ConfigError(

@@ -8,6 +8,7 @@ from typing import Any
 
 from refdiff_cli.config import SamplerConfig, from_dict, to_dict
 from refdiff_cli.errors import ModelError
+from refdiff_cli.guided import GuidedConfig
 from refdiff_cli.model.precond import MASK_CHANNELS, TARGETS
 
 CARD_FORMAT = "refdiff-model"
@@ -112,6 +113,21 @@ class ModelCard:
         for ok, field, detail in checks:
             if not ok:
                 raise ModelError(f"model card field {field!r} is invalid: {detail}")
+        self.guided_config  # noqa: B018 - validates the guided dict
+
+    @property
+    def guided_config(self) -> GuidedConfig | None:
+        """The guided transfer the model was trained with (reference "guided"), else None.
+
+        Raises:
+            ModelError: the card's ``guided`` settings are not a valid ``GuidedConfig``.
+        """
+        if self.reference != "guided":
+            return None
+        try:
+            return GuidedConfig(**self.guided)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"model card field 'guided' is invalid: {exc}") from exc
 
     @property
     def sampler_config(self) -> SamplerConfig:

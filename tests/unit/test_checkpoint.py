@@ -179,3 +179,14 @@ def test_the_default_model_is_pinned(monkeypatch: pytest.MonkeyPatch, model_file
         load_model(None)
     monkeypatch.setattr(checkpoint, "DEFAULT_MODEL_SHA256", file_sha256(model_file))
     assert load_model(None).path == model_file
+
+
+def test_a_guided_card_must_carry_valid_guided_settings() -> None:
+    network = {**PRESETS["tiny"].to_dict(), "mask_channels": 2}
+    card = tiny_card(reference="guided", network=network, guided={"trust_low": 0.3})
+    assert card.guided_config is not None and card.guided_config.trust_low == 0.3
+    with pytest.raises(ModelError, match="'guided' is invalid"):
+        tiny_card(reference="guided", network=network, guided={"trust_lo": 0.3})
+    with pytest.raises(ModelError, match="'guided' is invalid"):
+        tiny_card(reference="guided", network=network, guided={"trust_low": 0.9})
+    assert tiny_card().guided_config is None
