@@ -296,7 +296,7 @@ class UpscaleOptions:
             raise ConfigError(f"sampler options: {exc.message}") from exc
 
 
-TrainLRMethod = Literal["realistic", "bicubic", "stored"]
+TrainLRMethod = Literal["realistic", "bicubic", "mixed", "stored"]
 TrainPrecision = Literal["fp32", "bf16"]
 TrainTarget = Literal["hr", "residual"]
 #: EDM's sigma_data per target: images in [-1, 1], and the residual HR - LR_up.
@@ -331,7 +331,10 @@ class TrainConfig:
             takes the target's: 0.5 for "hr", 0.2 for "residual" (measured on cd_pairs + OSCD
             chips: 0.18).
         lr_method: how each step's LR is made: "realistic" (on-the-fly random degradation,
-            the paper's training LR), "bicubic", or "stored" (the chips' real LR images).
+            the paper's training LR), "bicubic" (antialiased), "mixed" (each item by
+            antialiased bicubic or by area averaging, half each: the two ways GIS tools make
+            coarse rasters, ``gdalwarp -r cubic`` / ``-r average``), or "stored" (the chips'
+            real LR images).
         seed: seed of every random draw (weights, data order, crops, degradations, noise).
         device: auto, cpu, cuda or cuda:N (under torchrun each rank takes cuda:LOCAL_RANK).
         precision: fp32 (paper) or bf16 (autocast, CUDA only).
@@ -357,6 +360,12 @@ class TrainConfig:
         sigma_mean: that noise level, model units, and the exported card's sigma_max.
         guided: overrides of ``GuidedConfig`` (reference "guided"); the card stores the
             resolved values, so a model always runs with the guided transfer it learned on.
+        synthesis: overrides of ``SynthesisConfig`` for the synthesised references (e.g.
+            {"blur_probability": 0.2}).
+        init_from: a model file (``.safetensors`` from ``refdiff train``) whose weights the
+            run starts from (fine-tuning); its network, scale, bands and reference mode must
+            match the run's. None starts from random weights. Ignored on resume (the
+            checkpoint holds the weights).
     """
 
     preset: str = "small"
@@ -391,6 +400,8 @@ class TrainConfig:
     mean_fraction: float = 0.0
     sigma_mean: float = 5.0
     guided: dict[str, Any] = dataclasses.field(default_factory=dict)
+    synthesis: dict[str, Any] = dataclasses.field(default_factory=dict)
+    init_from: str | None = None
 
     @property
     def target_sigma_data(self) -> float:
@@ -417,9 +428,9 @@ class TrainConfig:
         _require(self.target in TARGET_SIGMA_DATA, "target", f"{self.target!r}; use hr or residual")
         _require(self.target_sigma_data > 0, "sigma_data", f"{self.sigma_data}; must be positive")
         _require(
-            self.lr_method in ("realistic", "bicubic", "stored"),
+            self.lr_method in ("realistic", "bicubic", "mixed", "stored"),
             "lr_method",
-            f"{self.lr_method!r}; use realistic, bicubic or stored",
+            f"{self.lr_method!r}; use realistic, bicubic, mixed or stored",
         )
         _require(0 <= self.seed < 2**63, "--seed", f"{self.seed}; use 0 <= seed < 2**63")
         _require(
@@ -443,3 +454,4 @@ class TrainConfig:
         )
         _require(0 <= self.mean_fraction < 1, "mean_fraction", f"{self.mean_fraction}")
         _require(self.sigma_mean > 0, "sigma_mean", f"{self.sigma_mean}; must be positive")
+        _require(isinstance(self.synthesis, dict), "synthesis", "must be a table of overrides")

@@ -27,7 +27,7 @@ from refdiff_cli.data.dataset import make_batch
 from refdiff_cli.diffusion.loss import masked_mean
 from refdiff_cli.errors import Interrupted, TrainingDiverged
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
-from refdiff_cli.model.checkpoint import save_model
+from refdiff_cli.model.checkpoint import load_model, save_model
 from refdiff_cli.model.network import RefDiffUNet
 from refdiff_cli.model.precond import (
     Conditioning,
@@ -172,6 +172,12 @@ class _Trainer:
             ts.truncate_stats(self.stats_path, self.step)
 
     def _start_fresh(self) -> None:
+        if self.config.init_from is not None:
+            start = load_model(Path(self.config.init_from), expected_sha256=self.plan.init_sha256)
+            weights = start.denoiser.net.state_dict()
+            self.net.load_state_dict(weights)
+            self.ema.load_state_dict(weights)
+            logger.info("starting from the weights of %s", self.config.init_from)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_json(self.config, self.run_dir / "config.json")
@@ -428,5 +434,6 @@ class _Trainer:
             fingerprint=self.plan.train.fingerprint,
             step=self.step,
             validation=self.validation,
+            init_sha256=self.plan.init_sha256,
         )
         save_model(self.run_dir / "model.safetensors", self.ema, card)

@@ -140,10 +140,22 @@ def make_training_lr(
         return stored.to(hr.device)
     if method == "bicubic":
         return make_lr(hr, scale, "bicubic")
-    items = [
-        make_lr(hr[i : i + 1], scale, "realistic", generator=g) for i, g in enumerate(generators)
-    ]
+    if method == "mixed":
+        items = [
+            make_lr(hr[i : i + 1], scale, "area" if area else "bicubic")
+            for i, area in enumerate(coin_flips(generators))
+        ]
+    else:
+        items = [
+            make_lr(hr[i : i + 1], scale, "realistic", generator=g)
+            for i, g in enumerate(generators)
+        ]
     return torch.cat(items)  # (B, C, H/scale, W/scale)
+
+
+def coin_flips(generators: Sequence[torch.Generator]) -> list[bool]:
+    """One fair coin per item, drawn from the item's own generator."""
+    return [bool(torch.rand((), generator=g) < 0.5) for g in generators]
 
 
 def center_crops(
@@ -300,8 +312,12 @@ def build_card(
     fingerprint: str,
     step: int,
     validation: dict[str, Any] | None,
+    init_sha256: str | None = None,
 ) -> ModelCard:
-    """The model card of the exported EMA weights, with the training provenance."""
+    """The model card of the exported EMA weights, with the training provenance.
+
+    ``init_sha256`` is the sha256 of the model the run started from (``init_from``).
+    """
     tile, overlap, margin = default_tiling(network, scale=config.scale, crop_px=config.crop_px)
     licence_keys = ("name", "license", "licence", "attribution", "split")
     sources = [
@@ -316,6 +332,7 @@ def build_card(
         "images_seen": step * config.batch_size,
         "seed": config.seed,
         "lr_method": config.lr_method,
+        "init_from_sha256": init_sha256,
         "validation": validation,
         "config": to_dict(config),
     }

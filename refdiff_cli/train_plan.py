@@ -17,9 +17,12 @@ from refdiff_cli import train_state as ts
 from refdiff_cli.config import TrainConfig, to_dict
 from refdiff_cli.data.dataset import ChipDataset
 from refdiff_cli.engines import resolve_device
-from refdiff_cli.errors import ConfigError, InputError
+from refdiff_cli.errors import ConfigError, InputError, ModelError
+from refdiff_cli.files import file_sha256
+from refdiff_cli.model.checkpoint import read_card
 from refdiff_cli.model.network import PRESETS, NetworkConfig
 from refdiff_cli.model.precond import MASK_CHANNELS
+from refdiff_cli.train_references import synthesis_config
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,6 +79,7 @@ class TrainPlan:
     rank: int
     world_size: int
     local_rank: int
+    init_sha256: str | None = None  # of the model file ``config.init_from``
 
     def describe(self, run_dir: Path) -> dict[str, Any]:
         """The resolved settings as JSON (what ``--dry-run`` prints)."""
@@ -96,6 +100,7 @@ class TrainPlan:
             },
             "run_dir": str(run_dir),
             "resume_from_step": found[-1][0] if found else None,
+            "init_sha256": self.init_sha256,
         }
 
 
@@ -143,6 +148,8 @@ def resolve(config: TrainConfig, chips: Path) -> TrainPlan:
             f"--scale {config.scale} differs from the x{train.lr_scale} LR stored in {chips}",
             hint=f"use --scale {train.lr_scale}, or prepare chips for x{config.scale}",
         )
+    synthesis_config(config)
+    init_sha256 = check_init_model(config, network, bands=len(train.bands))
     if config.batch_size % world:
         raise ConfigError(
             f"--batch-size {config.batch_size} is not divisible by the {world} processes",
@@ -164,7 +171,47 @@ def resolve(config: TrainConfig, chips: Path) -> TrainPlan:
         rank=rank,
         world_size=world,
         local_rank=local_rank,
+        init_sha256=init_sha256,
     )
+
+
+def check_init_model(config: TrainConfig, network: NetworkConfig, *, bands: int) -> str | None:
+    """The sha256 of ``config.init_from`` once its card fits the run, or None without one.
+
+    Raises:
+        ModelError: the file is missing, not a model or has an invalid card (exit 3).
+        ConfigError: its network, scale, bands, reference mode, target or sigma_data differ
+            (exit 2).
+    """
+    if config.init_from is None:
+        return None
+    path = Path(config.init_from)
+    card = read_card(path)
+    try:
+        theirs = NetworkConfig.from_dict(card.network)
+    except ValueError as exc:
+        raise ModelError(f"model card of {path} has an invalid network: {exc}") from exc
+    ours_fields = network.to_dict()
+    pairs = {
+        f"network {key}": (value, ours_fields[key])
+        for key, value in theirs.to_dict().items()
+        if value != ours_fields[key]
+    }
+    pairs |= {
+        "scale": (card.scale, config.scale),
+        "bands": (len(card.bands), bands),
+        "reference": (card.reference, config.reference),
+        "target": (card.target, config.target),
+        "sigma_data": (card.sigma_data, config.target_sigma_data),
+    }
+    differences = [f"{k} {a!r} (the run: {b!r})" for k, (a, b) in pairs.items() if a != b]
+    if differences:
+        raise ConfigError(
+            f"init_from {path} cannot start this run: its {'; '.join(differences)}",
+            hint="train with the preset, network overrides, scale, reference and target of "
+            "that model, or drop init_from",
+        )
+    return file_sha256(path)
 
 
 def lr_at(config: TrainConfig, step: int) -> float:

@@ -25,7 +25,8 @@ import torch
 
 from refdiff_cli.config import TrainConfig
 from refdiff_cli.data.dataset import TrainBatch
-from refdiff_cli.data.synthesize import synthesize_ref
+from refdiff_cli.data.synthesize import SynthesisConfig, synthesize_ref
+from refdiff_cli.errors import ConfigError
 from refdiff_cli.guided import shift_image
 from refdiff_cli.train_state import derive_seed
 
@@ -50,6 +51,7 @@ def training_references(
     """
     if config.synthesize_fraction == 0 and config.drop_reference_fraction == 0:
         return batch
+    synthesis = synthesis_config(config)
     ref, mask, ref_valid = batch.ref.clone(), batch.mask.clone(), batch.ref_valid.clone()
     for i, position in enumerate(items):
         rng = np.random.default_rng(derive_seed("reference", config.seed, step, position))
@@ -58,16 +60,29 @@ def training_references(
             mask[i] = 1.0
         elif draw < config.drop_reference_fraction + config.synthesize_fraction:
             ref[i], mask[i], ref_valid[i] = synthesised_reference(
-                batch.hr[i], batch.hr_valid[i], rng
+                batch.hr[i], batch.hr_valid[i], rng, synthesis
             )
     return dataclasses.replace(batch, ref=ref, mask=mask, ref_valid=ref_valid)
 
 
+def synthesis_config(config: TrainConfig) -> SynthesisConfig:
+    """The synthesised references' ranges: ``SynthesisConfig`` with the run's overrides."""
+    try:
+        return SynthesisConfig(**config.synthesis)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"synthesis settings {config.synthesis} are invalid: {exc}") from exc
+
+
 def synthesised_reference(
-    hr: torch.Tensor, hr_valid: torch.Tensor, rng: np.random.Generator
+    hr: torch.Tensor,
+    hr_valid: torch.Tensor,
+    rng: np.random.Generator,
+    config: SynthesisConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A trustworthy reference of one HR crop (C, H, W): its ref, mask (1, H, W), validity."""
-    synthesis = synthesize_ref(hr.numpy(), hr_valid[0].numpy(), rng=rng)
+    synthesis = synthesize_ref(
+        hr.numpy(), hr_valid[0].numpy(), rng=rng, config=config or SynthesisConfig()
+    )
     ref = torch.from_numpy(synthesis.ref)[None]  # (1, C, H, W)
     mask = torch.from_numpy(synthesis.mask)[None]  # (1, 1, H, W)
     valid = torch.from_numpy(synthesis.ref_valid)[None, None].float()  # (1, 1, H, W)

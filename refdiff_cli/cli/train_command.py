@@ -91,8 +91,8 @@ def train_command(
         TrainLRMethod | None,
         typer.Option(
             "--lr-method",
-            help="How LR images are made: realistic degradation, bicubic, or stored (the "
-            "chips')." + _default(DEFAULTS.lr_method),
+            help="How LR images are made: realistic degradation, bicubic, mixed (bicubic or "
+            "area average per item), or stored (the chips')." + _default(DEFAULTS.lr_method),
         ),
     ] = None,
     target: Annotated[
@@ -129,6 +129,15 @@ def train_command(
             help="Steps between validations (0: at the end)." + _default(DEFAULTS.val_every),
         ),
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Start from this model's weights (fine-tuning, e.g. the bundled model on your "
+            "own imagery); its network, scale, bands and reference mode must match the run's.",
+            dir_okay=False,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Check and print the resolved config; train nothing."),
@@ -159,6 +168,7 @@ def train_command(
             "precision": precision,
             "checkpoint_every": checkpoint_every,
             "val_every": val_every,
+            "init_from": None if init_from is None else str(init_from),
         },
     )
     if dry_run:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from refdiff_cli.errors import ConfigError
 
-LRMethod = Literal["bicubic", "realistic"]
+LRMethod = Literal["bicubic", "area", "realistic"]
 UpsampleMode = Literal["bicubic", "bilinear"]
 ResizeMode = Literal["area", "bilinear", "bicubic"]
 RESIZE_MODES: tuple[ResizeMode, ...] = ("area", "bilinear", "bicubic")
@@ -482,12 +482,15 @@ def make_lr(
     config: DegradationConfig | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """LR from HR by ``method``: "bicubic" (the paper's test LR) or "realistic" (``degrade``).
+    """LR from HR by ``method``: "bicubic" (the paper's test LR), "area" or "realistic".
+
+    "area" averages each ``scale`` x ``scale`` block (``gdalwarp -r average``); "realistic" is
+    ``degrade``.
 
     Args:
         hr: (B, C, H, W) image in model space [-1, 1]; H and W multiples of ``scale``.
         scale: integer downscale factor >= 1.
-        method: "bicubic" or "realistic".
+        method: "bicubic", "area" or "realistic".
         config: degradation ranges for "realistic" (default ``DegradationConfig()``).
         generator: required for "realistic", unused by "bicubic".
 
@@ -496,8 +499,10 @@ def make_lr(
     """
     if method == "bicubic":
         return downscale_bicubic(hr, scale).clamp(-1.0, 1.0)
+    if method == "area":
+        return F.interpolate(hr, scale_factor=1 / scale, mode="area")
     if method == "realistic":
         if generator is None:
             raise ValueError("the realistic degradation needs an explicit generator")
         return degrade(hr, scale, config or DegradationConfig(), generator=generator)
-    raise ValueError(f"unknown LR method {method!r}; use bicubic or realistic")
+    raise ValueError(f"unknown LR method {method!r}; use bicubic, area or realistic")

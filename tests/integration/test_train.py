@@ -28,6 +28,7 @@ from refdiff_cli.data.dataset import ChipDataset, ShardWriter
 from refdiff_cli.data.degrade import downscale_bicubic
 from refdiff_cli.engines import DiffusionEngine, EngineBatch
 from refdiff_cli.errors import ConfigError, TrainingDiverged
+from refdiff_cli.files import file_sha256
 from refdiff_cli.guided import GuidedConfig, guided_transfer
 from refdiff_cli.model.checkpoint import load_model
 from refdiff_cli.train import TrainHooks, train
@@ -568,3 +569,64 @@ def test_residual_target_trains_on_hr_minus_lr_up(chips: Path, tmp_path: Path) -
     stats = [json.loads(line) for line in (hr_run / "stats.jsonl").read_text().splitlines()]
     (val_hr,) = [s for s in stats if s["kind"] == "val"]
     assert val_hr["psnr_sample"] < val_hr["psnr_lr_up"] - 1.0  # the paper's target starts off
+
+
+def test_init_from_starts_at_that_models_weights_and_records_it(
+    chips: Path, tmp_path: Path, cli: CliRunner
+) -> None:
+    """Fine-tuning: step 0 of the new run has the given model's weights (net and EMA), the
+    card records the file's sha256, and a model of another shape is refused with exit 2."""
+    first = tmp_path / "first"
+    train(tiny(steps=3, lr_method="mixed", synthesize_fraction=0.5), chips, first)
+    start = first / "model.safetensors"
+    again = tiny(steps=1, init_from=str(start), lr=1e-12, warmup_steps=0)
+    report = train(again, chips, tmp_path / "second")
+    before = load_model(start).denoiser.net.state_dict()
+    after = load_model(report.model)
+    assert all(
+        torch.allclose(before[k], v, atol=1e-6) for k, v in after.denoiser.net.state_dict().items()
+    )
+    scratch = train(tiny(steps=1, lr=1e-12, warmup_steps=0), chips, tmp_path / "scratch")
+    fresh = load_model(scratch.model).denoiser.net.state_dict()
+    assert any(not torch.allclose(before[k], v) for k, v in fresh.items()), "init_from mattered"
+    assert after.card.training["init_from_sha256"] == file_sha256(start)
+    assert after.card.training["config"]["init_from"] == str(start)
+
+    with pytest.raises(
+        ConfigError,
+        match=r"init_from .* cannot start this run: .*reference 'raw' \(the run: 'guided'\)",
+    ):
+        resolve(tiny(init_from=str(start), reference="guided", target="residual"), chips)
+    code, _, err = cli(
+        "train",
+        chips,
+        "-o",
+        tmp_path / "third",
+        "--init-from",
+        start,
+        "--preset",
+        "small",
+        "--crop",
+        "32",
+        "--dry-run",
+    )
+    assert code == 2 and "init_from" in err and "network" in err
+    code, _, err = cli(
+        "train",
+        chips,
+        "-o",
+        tmp_path / "fourth",
+        "--init-from",
+        chips / "missing.safetensors",
+        "--crop",
+        "32",
+        "--dry-run",
+    )
+    assert code == 3 and "missing.safetensors" in err
+
+
+def test_bad_synthesis_settings_are_config_errors(chips: Path) -> None:
+    with pytest.raises(ConfigError, match="synthesis settings"):
+        resolve(tiny(synthesis={"blur_probability": 2.0}), chips)
+    with pytest.raises(ConfigError, match="synthesis settings"):
+        resolve(tiny(synthesis={"no_such_range": 1}), chips)

@@ -24,6 +24,7 @@ from refdiff_cli.data.degrade import (
     upsample,
 )
 from refdiff_cli.errors import ConfigError
+from refdiff_cli.train_eval import make_training_lr
 
 #: Every step off: only the deterministic area pre-downscale and the final resize remain.
 NOTHING = DegradationConfig(
@@ -284,3 +285,24 @@ def test_config_validation_and_round_trip() -> None:
         DegradationConfig(sigma_range=(2.0, 1.0))
     with pytest.raises(ConfigError, match="jpeg_quality_range"):
         DegradationConfig(jpeg_quality_range=(50, 120))
+
+
+def test_area_lr_is_the_block_mean() -> None:
+    hr = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    lr = make_lr(hr, 8, "area")
+    assert torch.allclose(lr, hr.reshape(1, 3, 2, 8, 3, 8).mean(dim=(3, 5)), atol=1e-6)
+
+
+def test_mixed_training_lr_draws_one_operator_per_item_from_its_generator() -> None:
+    hr = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def lr_of(seed: int) -> torch.Tensor:
+        gens = [torch.Generator().manual_seed(seed * 100 + i) for i in range(16)]
+        return make_training_lr(hr, None, method="mixed", scale=8, generators=gens)
+
+    lr = lr_of(0)
+    area = [torch.allclose(lr[i], make_lr(hr[i : i + 1], 8, "area")[0]) for i in range(16)]
+    bicubic = [torch.allclose(lr[i], make_lr(hr[i : i + 1], 8, "bicubic")[0]) for i in range(16)]
+    assert all(a != b for a, b in zip(area, bicubic, strict=True)), "each item is one or the other"
+    assert 0 < sum(area) < 16, "both operators occur"
+    assert torch.equal(lr, lr_of(0)) and not torch.equal(lr, lr_of(1))
