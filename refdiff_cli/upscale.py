@@ -104,10 +104,46 @@ class UpscaleReport:
     engine: dict[str, Any]
     clamped_values: int = 0
     warnings: tuple[str, ...] = ()
+    #: Dry runs: ``seconds`` (expected run time: the preflight as measured plus every tile
+    #: batch at the measured rate), ``batch_seconds`` and ``batch_tiles`` (one batch measured
+    #: on ``device``), ``batches``. None for written outputs.
+    time_estimate: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
         return to_dict(self)
+
+
+#: Output data types ``--dtype`` accepts (GeoTIFF band types numpy and GDAL share).
+OUTPUT_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class UpscaleOutputOptions(UpscaleOptions):
+    """``UpscaleOptions`` with the output overrides ``--dtype`` and ``--nodata``.
+
+    Attributes:
+        dtype: output data type (one of ``OUTPUT_DTYPES``), or None for the LR's. Values are
+            rounded half to even and clamped to the type's range (``normalize.cast_to_dtype``).
+        nodata: output nodata value (NaN allowed for float types), or None for the LR's rule
+            (``normalize.choose_output_nodata``); must be representable in the output type.
+    """
+
+    dtype: str | None = None
+    nodata: float | None = None
+
+    def __post_init__(self) -> None:
+        UpscaleOptions.__post_init__(self)  # zero-argument super() fails in slots dataclasses
+        if self.dtype is not None and self.dtype not in OUTPUT_DTYPES:
+            raise ConfigError(
+                f"invalid --dtype: {self.dtype!r} is not an output data type",
+                hint=f"use one of {', '.join(OUTPUT_DTYPES)}",
+            )
+        if self.nodata is not None and math.isinf(self.nodata):
+            raise ConfigError(
+                "invalid --nodata: infinity cannot mark nodata",
+                hint="use a finite number, or nan for float outputs",
+            )
 
 
 class TileReader(Protocol):
@@ -178,7 +214,7 @@ def upscale(
     out_grid = geogrid.upscaled(checked.lr_grid, engine.scale)
     plan = tile_plan(out_grid.shape, engine, options)
     n_bands = len(checked.lr_bands)
-    dtype = np.dtype(checked.lr.dtype)
+    dtype, nodata_override = output_type(checked.lr.dtype, options)
     raw_bytes = out_grid.width * out_grid.height * n_bands * dtype.itemsize
     free = write.preflight_output(
         job.output,
@@ -212,11 +248,16 @@ def upscale(
         warnings=sources.warnings,
     )
     if options.dry_run:
-        return report
+        estimate = time_estimate(
+            sources, out_grid, engine, plan, space, options, spent=time.monotonic() - started
+        )
+        return dataclasses.replace(report, time_estimate=estimate)
 
-    nodata = normalize.choose_output_nodata(
-        dtype, sources.lr.nodata, lr_has_invalid=sources.lr_has_invalid
-    )
+    nodata = nodata_override
+    if nodata is None:
+        nodata = normalize.choose_output_nodata(
+            dtype, sources.lr.nodata, lr_has_invalid=sources.lr_has_invalid
+        )
     tags = provenance_tags(job, engine, options, plan, sources, space)
     on_event(Started(task=job.output.name, total=len(plan.tiles)))
     clamped = 0
@@ -231,6 +272,13 @@ def upscale(
             creation_options=options.creation_options,
             overwrite=options.overwrite,
             cog=options.cog,
+            overviews=True,
+            rgb=write.output_is_rgb(
+                job.lr,
+                sources.lr_bands,
+                descriptions=sources.band_descriptions,
+                model_bands=_model_band_names(engine),
+            ),
         ) as writer,
         read.SourceReader(sources, out_grid) as reader,
     ):
@@ -258,6 +306,84 @@ def upscale(
         writer.finalize(tags, before_publish=lambda: check_inputs_unchanged(sources))
     seconds = time.monotonic() - started
     return dataclasses.replace(report, status="written", seconds=seconds, clamped_values=clamped)
+
+
+def output_type(lr_dtype: str, options: UpscaleOptions) -> tuple[np.dtype[Any], float | None]:
+    """The output data type and the ``--nodata`` value (None: the LR's rule) of one job.
+
+    Raises:
+        ConfigError: ``--nodata`` is not representable in the output type (exit 2).
+    """
+    dtype = np.dtype(lr_dtype)
+    nodata: float | None = None
+    if isinstance(options, UpscaleOutputOptions):
+        dtype = np.dtype(options.dtype or lr_dtype)
+        nodata = options.nodata
+    if nodata is not None and not write.nodata_fits(nodata, dtype):
+        given = isinstance(options, UpscaleOutputOptions) and options.dtype is not None
+        source = "set by --dtype" if given else "the LR's data type, which the output keeps"
+        raise ConfigError(
+            f"--nodata {nodata:g} is not a {dtype.name} value ({dtype.name}: {source})",
+            hint=_nodata_hint(dtype),
+        )
+    return dtype, nodata
+
+
+def _nodata_hint(dtype: np.dtype[Any]) -> str:
+    if dtype.kind == "f":
+        return f"use nan or a finite number within the {dtype.name} range"
+    info = np.iinfo(dtype)
+    return (
+        f"use a whole number from {info.min} to {info.max}, or pass --dtype with a type "
+        "that holds your value"
+    )
+
+
+def time_estimate(
+    sources: read.Sources,
+    out_grid: geogrid.Grid,
+    engine: Engine,
+    plan: TilePlan,
+    space: ModelSpace,
+    options: UpscaleOptions,
+    *,
+    spent: float,
+) -> dict[str, Any]:
+    """Run the first tile batch as the real run would and extrapolate the run time (dry runs).
+
+    Args:
+        spent: seconds the preflight took (header checks, full decode), which a run repeats.
+
+    Returns:
+        ``{"seconds", "batch_seconds", "batch_tiles", "batches", "device"}``: expected seconds
+        of the run (``spent + batches * batch_seconds``; writing, overviews and verification
+        add a few seconds per GiB), the measured batch in seconds and tiles, the number of
+        batches and the device it ran on.
+    """
+    check_mask_channel(engine, space)
+    tiles = plan.tiles[: options.batch_size]
+    with read.SourceReader(sources, out_grid) as reader:
+        begun = time.perf_counter()
+        batch, _ = _engine_batch(tiles, reader, engine.scale, options.seed, space)
+        out = _call_padded(engine, batch).numpy()  # (B, C, H, W) model space
+        for tile_out in out:
+            normalize.from_model(tile_out, space.lr)
+        batch_seconds = time.perf_counter() - begun
+    batches = math.ceil(len(plan.tiles) / options.batch_size)
+    return {
+        "seconds": round(spent + batches * batch_seconds, 3),
+        "batch_seconds": round(batch_seconds, 3),
+        "batch_tiles": len(tiles),
+        "batches": batches,
+        "device": str(getattr(engine, "device", "cpu")),
+    }
+
+
+def _model_band_names(engine: Engine) -> tuple[str, ...] | None:
+    """The band names of the engine's model card (("red", "green", "blue")), or None."""
+    card = getattr(getattr(engine, "model", None), "card", None)
+    bands = getattr(card, "bands", None)
+    return tuple(bands) if bands is not None else None
 
 
 def tile_plan(shape: tuple[int, int], engine: Engine, options: UpscaleOptions) -> TilePlan:

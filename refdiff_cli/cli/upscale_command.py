@@ -15,7 +15,6 @@ from refdiff_cli.config import (
     MaskGrid,
     StartName,
     TilingConfig,
-    UpscaleOptions,
 )
 from refdiff_cli.errors import ConfigError
 
@@ -39,6 +38,20 @@ def parse_bands(text: str | None, option: str) -> tuple[int, ...] | None:
     if not bands:
         raise ConfigError(f"{option} expects at least one band number")
     return bands
+
+
+def parse_nodata(text: str | None) -> float | None:
+    """Parse ``--nodata``: a number, or ``nan``; ConfigError (exit 2) otherwise."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(
+            f"--nodata expects a number or nan, got {text!r}",
+            hint="e.g. --nodata 0, --nodata -9999 or --nodata nan (float outputs)",
+        ) from None
+    return value
 
 
 def resolve_jobs(
@@ -198,6 +211,23 @@ def upscale_command(
         list[str], typer.Option("--co", help="GDAL creation option NAME=VALUE (repeatable).")
     ] = [],  # noqa: B006
     cog: Annotated[bool, typer.Option("--cog", help="Write a Cloud Optimized GeoTIFF.")] = False,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--dtype",
+            help="Output data type: uint8, int8, uint16, int16, uint32, int32, float32 or "
+            "float64 [default: the LR's]. Values are rounded half to even and clamped to the "
+            "type's range, never rescaled.",
+        ),
+    ] = None,
+    nodata: Annotated[
+        str | None,
+        typer.Option(
+            "--nodata",
+            help="Output nodata value: a number valid for the output type, or nan for float "
+            "types [default: the LR's].",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and plan only: grid, tiles, sizes, memory.")
     ] = False,
@@ -209,11 +239,11 @@ def upscale_command(
     """
     from refdiff_cli.batch import run_batch
     from refdiff_cli.geo.write import check_creation_options
-    from refdiff_cli.upscale import load_engine
+    from refdiff_cli.upscale import UpscaleOutputOptions, load_engine
 
     check_creation_options(co, cog=cog)
 
-    options = UpscaleOptions(
+    options = UpscaleOutputOptions(
         engine=engine,
         model=model,
         model_sha256=model_sha256,
@@ -237,6 +267,8 @@ def upscale_command(
         overwrite=overwrite,
         skip_existing=skip_existing,
         dry_run=dry_run,
+        dtype=dtype,
+        nodata=parse_nodata(nodata),
     )
     jobs = resolve_jobs(lr, ref, mask, output, from_list)
     verbosity = ctx.obj["verbosity"] if ctx.obj else 0

@@ -167,6 +167,26 @@ def creation_profile(
     return options
 
 
+def overview_factors(width: int, height: int, block_w: int, block_h: int) -> list[int]:
+    """Decimation factors of the internal overviews: 2, 4, 8, ... until one block holds a level.
+
+    Args:
+        width: raster width in pixels (>= 1).
+        height: raster height in pixels (>= 1).
+        block_w: tile width in pixels (>= 1); a striped file passes its width.
+        block_h: tile height in pixels (>= 1).
+
+    Returns:
+        Powers of two, ascending; empty when the raster already fits in one block.
+    """
+    factors: list[int] = []
+    factor = 1
+    while -(-width // factor) > block_w or -(-height // factor) > block_h:
+        factor *= 2
+        factors.append(factor)
+    return factors
+
+
 def parse_creation_options(items: Iterable[str]) -> dict[str, str]:
     """Parse repeated ``--co NAME=VALUE`` items into a dict with upper-case names.
 

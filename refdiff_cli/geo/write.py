@@ -27,6 +27,7 @@ import rasterio.crs
 import rasterio.errors
 import rasterio.shutil
 import rasterio.transform
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from refdiff_cli.errors import ConfigError, OutputError
@@ -401,6 +402,16 @@ class RasterWriter:
             the output exists (``os.link`` is atomic no-clobber).
         cog: publish a Cloud Optimized GeoTIFF (a verified COG copy of the verified temp file).
         block_px: tile edge in pixels, a multiple of 16; None for the profile default (256).
+        overviews: build internal overviews (factors 2, 4, 8, ..., AVERAGE resampling, nodata
+            excluded) in ``finalize``, before the file is verified and published; a COG reuses
+            them.
+        rgb: True declares bands 1-3 red, green, blue (``PHOTOMETRIC=RGB``; needs >= 3 bands),
+            False grey / undefined (``PHOTOMETRIC=MINISBLACK``), None leaves GDAL's default.
+            A ``--co PHOTOMETRIC`` item overrides either.
+
+    Every band also gets GDAL's statistics tags (``STATISTICS_MINIMUM``, ``_MAXIMUM``,
+    ``_MEAN``, ``_STDDEV`` (population), ``_VALID_PERCENT``), computed exactly from the
+    strips as they are written, over the pixels that are neither nodata nor NaN.
     """
 
     def __init__(
@@ -416,6 +427,8 @@ class RasterWriter:
         overwrite: bool = False,
         cog: bool = False,
         block_px: int | None = None,
+        overviews: bool = False,
+        rgb: bool | None = None,
     ) -> None:
         self.out = Path(out)
         self.grid = grid
@@ -424,8 +437,12 @@ class RasterWriter:
         self.nodata = nodata
         self.overwrite = overwrite
         self.cog = cog
+        self.overviews = overviews
+        self.rgb = rgb
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
+        if rgb and count < 3:
+            raise ValueError(f"an RGB output needs at least 3 bands, got {count}")
         if band_descriptions is not None and len(band_descriptions) != count:
             raise ValueError(f"{len(band_descriptions)} band descriptions for {count} bands")
         self.band_descriptions = tuple(band_descriptions or ())
@@ -445,6 +462,7 @@ class RasterWriter:
         self._block_rows = 0
         self._strips: dict[int, tuple[int, int]] = {}  # row_off -> (rows, crc32)
         self._tags: dict[str, str] = {}
+        self._stats = [BandStatistics() for _ in range(count)]
         self._finalize_called = False
 
     @property
@@ -527,6 +545,8 @@ class RasterWriter:
         with _gdal_io(self.out, f"writing rows {row_off}-{end - 1}"):
             self._dataset.write(values, window=Window(0, row_off, self.grid.width, rows))
         self._strips[row_off] = (rows, zlib.crc32(values.data))
+        for band, stats in zip(values, self._stats, strict=True):
+            stats.add(band, valid, self.nodata)
 
     def finalize(
         self, tags: Mapping[str, str], *, before_publish: Callable[[], None] | None = None
@@ -559,8 +579,13 @@ class RasterWriter:
             )
         self._tags = dict(tags)
         dataset, self._dataset = self._dataset, None
-        with _gdal_io(self.out, "tagging and closing"):
+        with _gdal_io(self.out, "building overviews, tagging and closing"):
             try:
+                if self.overviews:
+                    self._build_overviews(dataset)
+                pixels = self.grid.width * self.grid.height
+                for band, stats in enumerate(self._stats, start=1):
+                    dataset.update_tags(band, **stats.tags(pixels))
                 dataset.update_tags(**tags)
                 dataset.update_tags(**{COMPLETE_TAG: "1"})
             finally:
@@ -575,6 +600,15 @@ class RasterWriter:
         return self.out
 
     # -- internals --------------------------------------------------------------------------
+
+    def _build_overviews(self, dataset: Any) -> None:
+        """Internal AVERAGE overviews down to one block (``profiles.overview_factors``)."""
+        block_h, block_w = dataset.block_shapes[0]
+        if not dataset.profile.get("tiled"):  # strips: levels down to the default tile
+            block_h = block_w = profiles.DEFAULT_BLOCK_PX
+        factors = profiles.overview_factors(self.grid.width, self.grid.height, block_w, block_h)
+        if factors:
+            dataset.build_overviews(factors, Resampling.average)
 
     def _temp_name(self, suffix: str) -> Path:
         # The random part only avoids name clashes; it is not a reproducible draw.
@@ -626,6 +660,8 @@ class RasterWriter:
             count=self.count,
             block_px=self._block_px,
         )
+        if self.rgb is not None:
+            options["PHOTOMETRIC"] = "RGB" if self.rgb else "MINISBLACK"
         if not self.cog:
             options = profiles.merge_options(options, self._user_options)
         self._temps.append(self.temp_path)
@@ -717,6 +753,54 @@ class RasterWriter:
                 os.unlink(self.lock_path)  # while still holding it: see _acquire_lock
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+class BandStatistics:
+    """Exact running statistics of one band over the strips written (Chan et al.'s merge).
+
+    Pixels count when they are valid, differ from the nodata value and are not NaN: GDAL's
+    own rule, so the tags match what ``gdalinfo -stats`` computes.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0  # sum of squared deviations from the mean
+        self.minimum = math.inf
+        self.maximum = -math.inf
+
+    def add(self, values: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> None:
+        """Take one strip of one band: ``values`` (rows, W), ``valid`` (rows, W) or None."""
+        keep = np.ones(values.shape, dtype=bool) if valid is None else valid.copy()
+        if values.dtype.kind == "f":
+            keep &= ~np.isnan(values)
+        if nodata is not None and not math.isnan(nodata):
+            keep &= values != np.asarray(nodata).astype(values.dtype)
+        picked = values[keep].astype(np.float64)  # (N,)
+        n = picked.size
+        if n == 0:
+            return
+        mean = float(picked.mean())
+        m2 = float(np.square(picked - mean).sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+        self.minimum = min(self.minimum, float(picked.min()))
+        self.maximum = max(self.maximum, float(picked.max()))
+
+    def tags(self, pixels: int) -> dict[str, str]:
+        """GDAL's ``STATISTICS_*`` band tags for a band of ``pixels`` pixels; {} without data."""
+        if self.count == 0:
+            return {}
+        return {
+            "STATISTICS_MINIMUM": f"{self.minimum:.17g}",
+            "STATISTICS_MAXIMUM": f"{self.maximum:.17g}",
+            "STATISTICS_MEAN": f"{self.mean:.17g}",
+            "STATISTICS_STDDEV": f"{math.sqrt(self.m2 / self.count):.17g}",
+            "STATISTICS_VALID_PERCENT": f"{100.0 * self.count / pixels:.6g}",
+        }
 
 
 class _GdalErrorFilter(logging.Filter):
@@ -846,15 +930,58 @@ def _failure(
     )
 
 
+def nodata_fits(nodata: float, dtype: npt.DTypeLike) -> bool:
+    """Whether ``nodata`` is a value of ``dtype``: NaN or within range for floats, a whole
+    number within range for integers."""
+    target = np.dtype(dtype)
+    if target.kind == "f":
+        return math.isnan(nodata) or abs(nodata) <= float(np.finfo(target).max)
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        return (
+            math.isfinite(nodata)
+            and float(nodata).is_integer()
+            and (info.min <= nodata <= info.max)
+        )
+    return False
+
+
+def output_is_rgb(
+    lr: Path,
+    bands: Sequence[int],
+    *,
+    descriptions: Sequence[str | None],
+    model_bands: Sequence[str] | None,
+) -> bool:
+    """Whether an upscale output of LR ``bands`` is red, green, blue (bands 1-3, in order).
+
+    The first rule that applies decides: a model's card names the bands it generates (one
+    output band each); else the selected LR bands' colour interpretation; else their
+    descriptions (``red``, ``green``, ``blue``, any case). Fewer than 3 bands: never.
+
+    Args:
+        lr: the LR GeoTIFF (only its header is read).
+        bands: 1-based LR bands written, in output order.
+        descriptions: their descriptions (None where unnamed).
+        model_bands: the model card's band names, or None for engines without a model.
+    """
+    if len(bands) < 3:
+        return False
+    if model_bands is not None and len(model_bands) == len(bands):
+        return tuple(name.lower() for name in model_bands[:3]) == _RGB
+    with contextlib.suppress(rasterio.errors.RasterioError, OSError), rasterio_env():
+        with rasterio.open(lr) as src:
+            colours = tuple(src.colorinterp[b - 1].name for b in bands[:3])
+        if colours == _RGB:
+            return True
+    return tuple((d or "").strip().lower() for d in descriptions[:3]) == _RGB
+
+
+_RGB = ("red", "green", "blue")
+
+
 def _check_nodata(nodata: float, dtype: np.dtype[Any]) -> None:
-    if dtype.kind == "f":
-        ok = math.isnan(nodata) or abs(nodata) <= float(np.finfo(dtype).max)
-    elif dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        ok = float(nodata).is_integer() and info.min <= nodata <= info.max
-    else:
-        ok = False
-    if not ok:
+    if not nodata_fits(nodata, dtype):
         raise ConfigError(
             f"--nodata {nodata} is not a valid {dtype.name} value",
             hint=f"choose a nodata value inside the {dtype.name} range",
