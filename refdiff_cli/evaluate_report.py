@@ -20,7 +20,7 @@ import numpy.typing as npt
 from refdiff_cli.errors import OutputError
 from refdiff_cli.evaluate_inputs import Sample
 from refdiff_cli.geo.images import write_png
-from refdiff_cli.metrics import REGIONS, MetricValue, image_metrics
+from refdiff_cli.metrics import REGIONS, MetricValue, image_metrics, psnr
 from refdiff_cli.perceptual import LPIPS, MIN_SIDE_PX, to_lpips_range
 
 #: Metric columns of the CSV, always all present (empty where a metric does not apply).
@@ -32,6 +32,115 @@ FIGURE_PANEL_PX = 256
 FIGURE_GAP_PX = 4
 #: Percentiles of the display stretch of data that is not uint8.
 DISPLAY_PERCENTILES = (2.0, 98.0)
+#: Font pixels are this many figure pixels at the default size (glyphs 10 x 18 px); labels
+#: that do not fit their place are drawn at 1 and then shortened with "..".
+LABEL_SCALE = 2
+#: Blank space around label text, pixels.
+LABEL_PAD_PX = 4
+#: Characters per line of an image name beside its row; longer names wrap.
+ROW_LABEL_CHARS = 14
+#: Glyph cell of the bitmap font, pixels: 5 wide, 7 above the baseline and 2 below.
+GLYPH_W, GLYPH_H = 5, 9
+#: The bitmap font, printable ASCII (32-126) in order: per glyph nine 5-bit rows, top row in
+#: the high bits, leftmost pixel in each row's high bit. Drawn for refdiff, so a figure needs
+#: no font file and no imaging library; other characters are drawn as "?".
+_GLYPHS = (
+    0x000000000000,
+    0x042108401000,
+    0x0A5280000000,
+    0x0A57D5F52800,
+    0x047D1C5F1000,
+    0x18C888898C00,
+    0x0C9511593400,
+    0x042200000000,
+    0x022210820800,
+    0x082084222000,
+    0x00255D520000,
+    0x00213E420000,
+    0x000000021100,
+    0x00003E000000,
+    0x000000063000,
+    0x000888880000,
+    0x0E8CEB98B800,
+    0x046108423800,
+    0x0E8844447C00,
+    0x1F110418B800,
+    0x0232A5F10800,
+    0x1F878218B800,
+    0x06443D18B800,
+    0x1F0888842000,
+    0x0E8C5D18B800,
+    0x0E8C5E113000,
+    0x006300C60000,
+    0x006300C62000,
+    0x022220820800,
+    0x0007C1F00000,
+    0x082082222000,
+    0x0E8844401000,
+    0x0E885B5AB800,
+    0x0E8C7F18C400,
+    0x1E8C7D18F800,
+    0x0E8C2108B800,
+    0x1C9463197000,
+    0x1F843D087C00,
+    0x1F843D084000,
+    0x0E8C2F18BC00,
+    0x118C7F18C400,
+    0x0E2108423800,
+    0x071084293000,
+    0x119531494400,
+    0x108421087C00,
+    0x11DD6B18C400,
+    0x118E6B38C400,
+    0x0E8C6318B800,
+    0x1E8C7D084000,
+    0x0E8C63593400,
+    0x1E8C7D494400,
+    0x0F841C10F800,
+    0x1F2108421000,
+    0x118C6318B800,
+    0x118C63151000,
+    0x118C6B5AA800,
+    0x118A88A8C400,
+    0x118A88421000,
+    0x1F0888887C00,
+    0x0E4210843800,
+    0x008208208000,
+    0x0E1084213800,
+    0x045440000000,
+    0x0000000003E0,
+    0x082080000000,
+    0x000382F8BC00,
+    0x1087A318F800,
+    0x0003A108B800,
+    0x010BE318BC00,
+    0x0003A3F83800,
+    0x064A38842000,
+    0x0003E318BC2E,
+    0x1085B318C400,
+    0x040308423800,
+    0x020184210A4C,
+    0x1084A98A4800,
+    0x0C2108423800,
+    0x0006AB5AD400,
+    0x0005B318C400,
+    0x0003A318B800,
+    0x0007A318FA10,
+    0x0003E318BC21,
+    0x0005B3084000,
+    0x0003E0E0F800,
+    0x084710849800,
+    0x00046319B400,
+    0x000463151000,
+    0x0004635AA800,
+    0x000454454400,
+    0x00046318BC2E,
+    0x0007C4447C00,
+    0x022110420800,
+    0x042108421000,
+    0x082104422000,
+    0x00022A200000,
+)
 
 
 def check_output_folder(path: Path | None, option: str) -> None:
@@ -187,6 +296,7 @@ class FigureRow:
     name: str
     changed_pixels: int
     panels: tuple[npt.NDArray[np.uint8], ...]
+    psnr: tuple[float | None, ...] = ()  # dB per method column; None: no common pixel
 
 
 class Figure:
@@ -194,17 +304,32 @@ class Figure:
 
     Rows are the images named in ``wanted``, or the ``wanted`` images with the most changed
     pixels (ties: by name), ordered that way; only those rows' panels are kept in memory.
+    The image carries its labels: column names above the columns, each image's name left of
+    its row and each method's PSNR over the image (dB, as in the CSV's ``all`` region) under
+    its panel.
 
     Args:
         wanted: number of images, or their names.
         methods: method names in column order (after the LR column).
         scale: SR factor (the LR panel is the LR repeated ``scale`` times, nearest).
+        data_range: ``--data-range`` of the PSNR captions (None: ``data_range_of``'s default).
+        border: ``--border`` of the PSNR captions, pixels cropped from every side.
     """
 
-    def __init__(self, wanted: int | Sequence[str], methods: Sequence[str], scale: int) -> None:
+    def __init__(
+        self,
+        wanted: int | Sequence[str],
+        methods: Sequence[str],
+        scale: int,
+        *,
+        data_range: float | None = None,
+        border: int = 0,
+    ) -> None:
         self.wanted = wanted
         self.methods = tuple(methods)
         self.scale = scale
+        self.data_range = data_range
+        self.border = border
         self.rows: list[FigureRow] = []
 
     @property
@@ -244,7 +369,10 @@ class Figure:
         panels.append(_render(sample.hr[:, rows, cols], sample.hr_valid[rows, cols], stretch))
         panels.append(_render(sample.ref[:, rows, cols], sample.ref_valid[rows, cols], ref_stretch))
         panels.append(_render_mask(changed[rows, cols], sample.mask_valid[rows, cols]))
-        self.rows.append(FigureRow(name=sample.name, changed_pixels=count, panels=tuple(panels)))
+        scores = tuple(self._psnr(sample, *outputs[method]) for method in self.methods)
+        self.rows.append(
+            FigureRow(name=sample.name, changed_pixels=count, panels=tuple(panels), psnr=scores)
+        )
         wanted = self.wanted
         if isinstance(wanted, int):
             self.rows.sort(key=lambda r: (-r.changed_pixels, r.name))
@@ -252,23 +380,63 @@ class Figure:
         else:
             self.rows.sort(key=lambda r: list(wanted).index(r.name))
 
-    def image(self) -> npt.NDArray[np.uint8]:
-        """The figure (3, rows, cols) uint8: panels on a white background, 4 px apart."""
+    def _psnr(
+        self, sample: Sample, sr: npt.NDArray[Any], sr_valid: npt.NDArray[np.bool_]
+    ) -> float | None:
+        """PSNR in dB of one method's SR, as ``score`` computes it; None without pixels."""
+        hr = np.where(sample.hr_valid[None], sample.hr, 0)
+        data_range = data_range_of(sample, self.data_range)
+        value = psnr(
+            sr, hr, data_range=data_range, region=sample.valid & sr_valid, border=self.border
+        )
+        return None if math.isnan(value) else value
+
+    def layout(self) -> FigureLayout:
+        """Where the panels and labels go (pixels); see ``FigureLayout``."""
         if not self.rows:
             raise ValueError("the figure has no rows")
         height = max(p.shape[1] for row in self.rows for p in row.panels)
         width = max(p.shape[2] for row in self.rows for p in row.panels)
-        n_rows, n_cols = len(self.rows), len(self.columns)
-        gap = FIGURE_GAP_PX
-        canvas = np.full(
-            (3, n_rows * height + (n_rows - 1) * gap, n_cols * width + (n_cols - 1) * gap),
-            255,
-            dtype=np.uint8,
-        )  # (3, rows, cols)
+        line = GLYPH_H * LABEL_SCALE + LABEL_PAD_PX
+        names = [_wrap(row.name, ROW_LABEL_CHARS, height // line) for row in self.rows]
+        longest = max(len(text) for lines in names for text in lines)
+        return FigureLayout(
+            panel_h=height,
+            panel_w=width,
+            header_h=line + LABEL_PAD_PX,
+            label_w=_text_width(" " * longest, LABEL_SCALE) + 2 * LABEL_PAD_PX,
+            caption_h=line + LABEL_PAD_PX if self.methods else 0,
+            gap=FIGURE_GAP_PX,
+            rows=len(self.rows),
+            columns=len(self.columns),
+        )
+
+    def image(self) -> npt.NDArray[np.uint8]:
+        """The figure (3, rows, cols) uint8: labelled panels on a white background.
+
+        A header strip names the columns; a strip left of the panels names each row's image
+        (wrapped at 14 characters); under each row a caption strip gives every method's
+        PSNR in dB. Panels are 4 px apart.
+        """
+        at = self.layout()
+        canvas = np.full((3, at.height, at.width), 255, dtype=np.uint8)  # (3, rows, cols)
+        for j, title in enumerate(self.columns):
+            left = at.panel_left(j)
+            _draw_label(canvas, title, LABEL_PAD_PX, left, at.panel_w, centre=True)
+        line = GLYPH_H * LABEL_SCALE + LABEL_PAD_PX
         for i, row in enumerate(self.rows):
+            top = at.panel_top(i)
+            for k, text in enumerate(_wrap(row.name, ROW_LABEL_CHARS, at.panel_h // line)):
+                _draw_label(canvas, text, top + k * line, LABEL_PAD_PX, at.label_w, centre=False)
             for j, panel in enumerate(row.panels):
-                top, left = i * (height + gap), j * (width + gap)
+                left = at.panel_left(j)
                 canvas[:, top : top + panel.shape[1], left : left + panel.shape[2]] = panel
+            for j, value in enumerate(row.psnr, start=1):  # the method columns
+                caption = [f"PSNR {_db(value)} dB", f"{_db(value)} dB", _db(value)]
+                _draw_label(
+                    canvas, caption, top + at.panel_h + LABEL_PAD_PX, at.panel_left(j),
+                    at.panel_w, centre=True,
+                )  # fmt: skip
         return canvas
 
     def write(self, path: Path) -> None:
@@ -290,6 +458,108 @@ class Figure:
                 hint="choose a writable --figure path; the metrics were computed and any "
                 "--csv written",
             ) from exc
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class FigureLayout:
+    """Geometry of a figure in pixels: a header strip of column names on top, a strip of image
+    names on the left, then per row the panels and a caption strip of PSNRs under them."""
+
+    panel_h: int
+    panel_w: int
+    header_h: int
+    label_w: int
+    caption_h: int
+    gap: int
+    rows: int
+    columns: int
+
+    def panel_top(self, row: int) -> int:
+        """First pixel row of the panels of figure row ``row`` (0-based)."""
+        return self.header_h + row * (self.panel_h + self.caption_h + self.gap)
+
+    def panel_left(self, column: int) -> int:
+        """First pixel column of the panels of figure column ``column`` (0-based)."""
+        return self.label_w + column * (self.panel_w + self.gap)
+
+    @property
+    def height(self) -> int:
+        """Figure height in pixels."""
+        return self.panel_top(self.rows) - self.gap
+
+    @property
+    def width(self) -> int:
+        """Figure width in pixels."""
+        return self.panel_left(self.columns) - self.gap
+
+
+def _db(value: float | None) -> str:
+    """A PSNR caption value: ``24.31``, ``inf`` (identical images) or ``n/a`` (no pixels)."""
+    if value is None:
+        return "n/a"
+    return "inf" if math.isinf(value) else f"{value:.2f}"
+
+
+def _wrap(text: str, width: int, max_lines: int) -> list[str]:
+    """``text`` cut into lines of ``width`` characters, at most ``max_lines`` (>= 1) of them;
+    a cut-off end is marked with ".."."""
+    lines = [text[i : i + width] for i in range(0, len(text), width)] or [""]
+    keep = max(1, max_lines)
+    if len(lines) > keep:
+        lines = lines[:keep]
+        lines[-1] = lines[-1][: width - 2] + ".."
+    return lines
+
+
+def _text_width(text: str, scale: int) -> int:
+    """Width of ``text`` in pixels at font scale ``scale`` (one blank font pixel between
+    glyphs, none after the last)."""
+    return max(0, len(text) * (GLYPH_W + 1) * scale - scale)
+
+
+def _draw_label(
+    canvas: npt.NDArray[np.uint8],
+    text: str | Sequence[str],
+    top: int,
+    left: int,
+    width: int,
+    *,
+    centre: bool,
+) -> None:
+    """Draw the first of the ``text`` variants that fits ``width`` px, black, at ``top``.
+
+    Each variant is tried at ``LABEL_SCALE``, then all at scale 1; if none fits, the last is
+    shortened with "..". ``centre`` centres it in the ``width`` px from ``left``.
+    """
+    variants = [text] if isinstance(text, str) else list(text)
+    for scale in (LABEL_SCALE, 1):
+        fitting = [v for v in variants if _text_width(v, scale) <= width]
+        if fitting:
+            chosen = fitting[0]
+            break
+    else:
+        scale, chosen = 1, variants[-1]
+        room = max(0, (width + 1) // (GLYPH_W + 1) - 2)
+        chosen = chosen[:room] + ".."
+    offset = (width - _text_width(chosen, scale)) // 2 if centre else 0
+    _draw_text(canvas, chosen, top, left + max(0, offset), scale)
+
+
+def _draw_text(canvas: npt.NDArray[np.uint8], text: str, top: int, left: int, scale: int) -> None:
+    """Draw ``text`` black onto ``canvas`` (3, H, W) with the bitmap font, clipped to it."""
+    bits = np.array([1 << (GLYPH_W - 1 - x) for x in range(GLYPH_W)])
+    for k, char in enumerate(text):
+        code = ord(char)
+        glyph = _GLYPHS[code - 32] if 32 <= code < 127 else _GLYPHS[ord("?") - 32]
+        rows = [(glyph >> (GLYPH_W * (GLYPH_H - 1 - y))) & 0x1F for y in range(GLYPH_H)]
+        mask = (np.array(rows)[:, None] & bits[None]) > 0  # (GLYPH_H, GLYPH_W)
+        mask = np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
+        x0 = left + k * (GLYPH_W + 1) * scale
+        y1, x1 = min(top + mask.shape[0], canvas.shape[1]), min(x0 + mask.shape[1], canvas.shape[2])
+        if y1 <= top or x1 <= x0:
+            continue
+        region = canvas[:, top:y1, x0:x1]  # (3, h, w), a view
+        region[:, mask[: y1 - top, : x1 - x0]] = 0
 
 
 def _panel_window(
