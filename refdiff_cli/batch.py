@@ -90,12 +90,14 @@ class BatchReport:
 
 
 #: Columns of an upscale list file; ``output`` is optional.
-LIST_COLUMNS = ("lr", "ref", "mask")
-_LIST_HINT = "first line: lr,ref,mask[,output]; one row per LR image"
+LIST_COLUMNS = ("lr", "ref")  # required; "mask" and "output" are optional
+_LIST_HINT = "first line: lr,ref[,mask][,output]; one row per LR image"
 
 
 def jobs_from_list(path: Path, *, output_dir: Path | None) -> list[UpscaleJob]:
-    """Read a CSV list file with columns ``lr,ref,mask[,output]``.
+    """Read a CSV list file with columns ``lr,ref[,mask][,output]``.
+
+    A row without a mask (no column, or an empty cell) has its change mask estimated.
 
     Input paths are relative to the list file's folder. An ``output`` value is relative to
     ``output_dir`` (``-o DIR``) when given, else to the list file's folder; rows without one
@@ -162,10 +164,9 @@ def jobs_from_list(path: Path, *, output_dir: Path | None) -> list[UpscaleJob]:
     jobs = []
     for _, row in rows:
         output = (output_dir or base) / row["output"] if row.get("output") else next(named)
+        mask = base / row["mask"] if row.get("mask") else None
         jobs.append(
-            UpscaleJob(
-                lr=base / row["lr"], ref=base / row["ref"], mask=base / row["mask"], output=output
-            )
+            UpscaleJob(lr=base / row["lr"], ref=base / row["ref"], mask=mask, output=output)
         )
     return jobs
 
@@ -230,7 +231,7 @@ def run_batch(
             # The output's place first: a clash must not wait for the inputs to be decoded.
             preflight_output(
                 job.output,
-                inputs=[job.lr, job.ref, job.mask],
+                inputs=[p for p in (job.lr, job.ref, job.mask) if p is not None],
                 overwrite=options.overwrite,
                 raw_bytes=0,
             )

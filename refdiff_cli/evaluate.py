@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ from refdiff_cli.evaluate_methods import (
     RefEngine,
     SrFolder,
     engine_sr,
+    estimated_masks,
     read_sr,
 )
-from refdiff_cli.evaluate_options import EvalOptions
+from refdiff_cli.evaluate_options import EvalOptions, MaskSource
 from refdiff_cli.evaluate_report import (
     Figure,
     check_output_folder,
@@ -39,15 +41,17 @@ from refdiff_cli.evaluate_report import (
     write_csv,
 )
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
-from refdiff_cli.metrics import PSNR_CAP_DB, MetricValue, mean_metrics
+from refdiff_cli.metrics import PSNR_CAP_DB, MetricValue, mask_counts, mask_scores, mean_metrics
 from refdiff_cli.model.checkpoint import default_model_installed
 from refdiff_cli.perceptual import LPIPS, load_lpips
 from refdiff_cli.tiling import TilePlan
-from refdiff_cli.upscale import DEFAULT_BICUBIC_SCALE, load_engine
+from refdiff_cli.upscale import DEFAULT_BICUBIC_SCALE, MaskMode, load_engine
 
 logger = logging.getLogger(__name__)
 
 RegionReport = dict[str, dict[str, MetricValue]]
+#: The engines' mask for each ``--mask-source``.
+MASK_MODES: dict[MaskSource, MaskMode] = {"label": "file", "estimated": "estimated", "none": "none"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,6 +75,9 @@ class EvalReport:
         seconds: wall time of the whole evaluation.
         figure_error: why the figure could not be written at the very end, or None. The
             metrics stand; the command prints them, then this error, and exits 4.
+        mask_scores: with ``--mask-source estimated``, precision, recall, F1 and IoU of the
+            estimated mask ("estimated") and of change vector analysis ("cva") against the
+            labels, pooled over the valid pixels of all images; else None.
     """
 
     dataset: Path
@@ -87,6 +94,7 @@ class EvalReport:
     warnings: tuple[str, ...]
     seconds: float
     figure_error: OutputError | None = None
+    mask_scores: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of ``refdiff evaluate --json``.
@@ -107,6 +115,7 @@ class EvalReport:
             "methods": self.methods,
             "method_details": self.details,
             "settings": self.settings,
+            "mask_scores": self.mask_scores,
             "csv": self.csv,
             "figure": self.figure,
             "warnings": list(self.warnings),
@@ -165,6 +174,7 @@ def evaluate(
     cropped: list[str] = []
     warnings: list[str] = []
     counts = {"changed": 0, "unchanged": 0}
+    mask_counts_sum: dict[str, Counter[str]] = {"estimated": Counter(), "cva": Counter()}
     task = f"evaluate {dataset_path.name}"
     logger.info(
         "evaluating %d image(s) of %s with %s", len(dataset.items), dataset_path, ", ".join(names)
@@ -180,7 +190,18 @@ def evaluate(
         counts["changed"] += int((changed & valid).any())
         counts["unchanged"] += int((~changed & valid).any())
         data_range = data_range_of(sample, options.data_range)
-        outputs = _run_methods(sample, engines, folders, uopts, seconds=seconds, plans=plans)
+        outputs = _run_methods(
+            sample,
+            engines,
+            folders,
+            uopts,
+            seconds=seconds,
+            plans=plans,
+            mask_mode=MASK_MODES[options.mask_source],
+        )
+        if options.mask_source == "estimated":
+            for kind, predicted in estimated_masks(sample, scale, uopts).items():
+                mask_counts_sum[kind].update(mask_counts(predicted[valid], changed[valid]))
         for method in names:
             sr, sr_valid = outputs[method]
             report = score(
@@ -234,6 +255,9 @@ def evaluate(
         warnings=tuple(warnings),
         seconds=time.monotonic() - started,
         figure_error=figure_error,
+        mask_scores=None
+        if options.mask_source != "estimated"
+        else {kind: mask_scores(dict(c)) for kind, c in mask_counts_sum.items()},
     )
 
 
@@ -245,12 +269,13 @@ def _run_methods(
     *,
     seconds: dict[str, float],
     plans: dict[str, TilePlan],
+    mask_mode: MaskMode = "file",
 ) -> dict[str, Output]:
     """Every method's SR of one sample; adds each method's seconds and keeps its tile plan."""
     outputs: dict[str, Output] = {}
     for engine in engines:
         name, clock = _method_name(engine), time.monotonic()
-        outputs[name], plans[name] = engine_sr(sample, engine, options)
+        outputs[name], plans[name] = engine_sr(sample, engine, options, mask_mode=mask_mode)
         seconds[name] += time.monotonic() - clock
     for folder in folders:
         clock = time.monotonic()
@@ -375,6 +400,7 @@ def _settings(
         "batch_size": options.batch_size,
         "tiling": to_dict(options.tiling),
         "mask_encoding": options.mask_encoding,
+        "mask_source": options.mask_source,
         "border": options.border,
         "data_range": options.data_range if options.data_range is not None else "auto",
         "rgb": options.rgb,

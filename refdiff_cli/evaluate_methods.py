@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from refdiff_cli.change import change_vector_analysis
 from refdiff_cli.config import UpscaleOptions
 from refdiff_cli.data import normalize
 from refdiff_cli.data.degrade import downscale_bicubic, upsample
@@ -27,7 +28,7 @@ from refdiff_cli.evaluate_inputs import Sample
 from refdiff_cli.geo import read
 from refdiff_cli.geo.images import read_image
 from refdiff_cli.tiling import PixelWindow, Strip, TilePlan
-from refdiff_cli.upscale import ModelSpace, model_space, sr_strips, tile_plan
+from refdiff_cli.upscale import MaskMode, ModelSpace, model_space, sr_strips, tile_plan
 
 logger = logging.getLogger(__name__)
 
@@ -243,13 +244,16 @@ def array_space(sample: Sample, engine: Engine) -> ModelSpace:
     )
 
 
-def engine_sr(sample: Sample, engine: Engine, options: UpscaleOptions) -> tuple[Output, TilePlan]:
+def engine_sr(
+    sample: Sample, engine: Engine, options: UpscaleOptions, *, mask_mode: MaskMode = "file"
+) -> tuple[Output, TilePlan]:
     """Super-resolve one sample exactly as upscale would, in memory.
 
     Args:
         sample: the image (arrays, or a GeoTIFF set read through ``geo.read.SourceReader``).
         engine: the method.
         options: tiling (``tile_plan``), seed, batch size, bands and mask options of upscale.
+        mask_mode: the engine's mask: the sample's ("file"), "estimated" or "none".
 
     Returns:
         ((SR (C, H, W) in the LR dtype, 0 where invalid; validity (H, W)), the tile plan).
@@ -278,7 +282,7 @@ def engine_sr(sample: Sample, engine: Engine, options: UpscaleOptions) -> tuple[
             reader,
             engine,
             plan,
-            array_space(sample, engine),
+            dataclasses.replace(array_space(sample, engine), mask_mode=mask_mode),
             seed=options.seed,
             batch_size=options.batch_size,
             block_rows=BLOCK_ROWS,
@@ -298,7 +302,7 @@ def engine_sr(sample: Sample, engine: Engine, options: UpscaleOptions) -> tuple[
             expect_bands=engine.bands,
             percentiles=engine.normalization.percentiles,
         )
-    space = model_space(sources, options.mask_encoding)
+    space = dataclasses.replace(model_space(sources, options.mask_encoding), mask_mode=mask_mode)
     with read.SourceReader(sources, geo.out_grid) as source_reader:
         strips = sr_strips(
             source_reader,
@@ -310,6 +314,38 @@ def engine_sr(sample: Sample, engine: Engine, options: UpscaleOptions) -> tuple[
             block_rows=BLOCK_ROWS,
         )
         return _assemble(strips, (bands, *shape), sample.dtype), plan
+
+
+def estimated_masks(sample: Sample, scale: int, options: UpscaleOptions) -> dict[str, Valid]:
+    """The change masks refdiff estimates for ``sample`` (H, W) bool, True = changed.
+
+    "estimated": ``change.estimate_change`` tile by tile and blended, exactly the mask an
+    upscale without ``--mask`` gives the engine (its ``--mask-out``); "cva": change vector
+    analysis of the whole image, the classical baseline.
+    """
+    engine = BicubicEngine(scale)
+    shape = (sample.hr.shape[1], sample.hr.shape[2])
+    plan = tile_plan(shape, engine, options)
+    bands = sample.lr.shape[0]
+    reader = ArrayReader(
+        sample.lr, sample.ref, sample.mask, lr_valid=sample.lr_valid, ref_valid=sample.ref_valid
+    )
+    space = dataclasses.replace(array_space(sample, engine), mask_mode="estimated")
+    estimated = np.zeros(shape, dtype=bool)
+    for strip in sr_strips(
+        reader, engine, plan, space, seed=0, batch_size=4, block_rows=BLOCK_ROWS, with_mask=True
+    ):
+        rows = slice(strip.row_off, strip.row_off + strip.values.shape[1])
+        estimated[rows] = strip.values[bands] >= 0.5
+    lr = np.where(sample.lr_valid[None], normalize.to_model(sample.lr, space.lr), 0.0)
+    ref = np.where(sample.ref_valid[None], normalize.to_model(sample.ref, space.ref), 0.0)
+    cva = change_vector_analysis(
+        torch.from_numpy(lr.astype(np.float32))[None],
+        torch.from_numpy(ref.astype(np.float32))[None],
+        ref_valid=torch.from_numpy(sample.ref_valid)[None, None],
+        scale=scale,
+    )
+    return {"estimated": estimated, "cva": cva[0, 0].numpy() > 0.5}
 
 
 def _assemble(strips: Iterator[Strip], shape: tuple[int, int, int], dtype: np.dtype[Any]) -> Output:

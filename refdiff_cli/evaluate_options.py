@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Literal
 
 from refdiff_cli.config import (
     MaskGrid,
@@ -18,6 +19,9 @@ from refdiff_cli.errors import ConfigError
 from refdiff_cli.evaluate_inputs import LayoutName
 from refdiff_cli.evaluate_methods import ENGINE_METHODS
 from refdiff_cli.model.checkpoint import default_model_installed
+
+#: What ``evaluate --mask-source`` gives the methods as their change mask.
+MaskSource = Literal["label", "estimated", "none"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -46,6 +50,10 @@ class EvalOptions:
         csv_path: write one row per image x method x region there.
         figure_path: write a PNG comparison grid there.
         figure_images: number of figure rows (most changed pixels first) or their item names.
+        mask_source: the mask the methods are given: "label" (the dataset's), "estimated"
+            (``change.estimate_change``, as ``upscale`` without ``--mask``; the estimate is
+            also scored against the labels, beside change vector analysis) or "none"
+            (everything changed). Changed / unchanged regions are always the labels'.
     """
 
     methods: tuple[str, ...] | None = None
@@ -74,6 +82,7 @@ class EvalOptions:
     csv_path: Path | None = None
     figure_path: Path | None = None
     figure_images: int | tuple[str, ...] = 4
+    mask_source: MaskSource = "label"
 
     def __post_init__(self) -> None:
         if self.layout not in ("auto", "cd", "paper", "csv"):
@@ -125,6 +134,12 @@ class EvalOptions:
             ),
             (self.sampler in (None, "heun", "euler"), "--sampler", self.sampler, "heun or euler"),
             (self.steps is None or self.steps >= 1, "--steps", self.steps, "use at least 1"),
+            (
+                self.mask_source in ("label", "estimated", "none"),
+                "--mask-source",
+                self.mask_source,
+                "use label, estimated or none",
+            ),
         ]
         for ok, option, value, fix in checks:
             if not ok:

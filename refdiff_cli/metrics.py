@@ -505,3 +505,36 @@ def mean_metrics(
                 out[f"{metric}_capped"] = capped
         means[region] = out
     return means
+
+
+def mask_counts(predicted: ArrayLike, truth: ArrayLike) -> dict[str, int]:
+    """True/false positives/negatives of a binary change mask against labels (1 = changed)."""
+    p, t = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
+    if p.shape != t.shape:
+        raise ValueError(f"predicted {p.shape} and truth {t.shape} differ in shape")
+    return {
+        "tp": int(np.count_nonzero(p & t)),
+        "fp": int(np.count_nonzero(p & ~t)),
+        "fn": int(np.count_nonzero(~p & t)),
+        "tn": int(np.count_nonzero(~p & ~t)),
+    }
+
+
+def mask_scores(counts: dict[str, int]) -> dict[str, float]:
+    """Precision, recall, F1 and IoU from ``mask_counts`` (summed over images if pooled).
+
+    A score whose denominator is empty (no predicted or no labelled change) is 1.0 when
+    prediction and labels agree that nothing changed, else 0.0.
+    """
+    tp, fp, fn = float(counts["tp"]), float(counts["fp"]), float(counts["fn"])
+    empty = 1.0 if fp + fn == 0 else 0.0
+
+    def ratio(num: float, den: float) -> float:
+        return num / den if den else empty
+
+    return {
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": ratio(tp, tp + fp + fn),
+    }

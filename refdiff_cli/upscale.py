@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -11,13 +12,14 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from refdiff_cli import __version__
+from refdiff_cli.change import estimate_change
 from refdiff_cli.config import UpscaleOptions, to_dict
 from refdiff_cli.data import masks, normalize
 from refdiff_cli.engines import (
@@ -48,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 #: Scale of the bicubic engine when neither --scale nor a model says otherwise.
 DEFAULT_BICUBIC_SCALE = 8
+#: Nodata value of ``--mask-out`` files (0 unchanged, 1 changed).
+MASK_OUT_NODATA = 255
+#: Where a run's change mask comes from (``ModelSpace.mask_mode``).
+MaskMode = Literal["file", "estimated", "none"]
 #: Fixed overhead of a run (Python, torch, GDAL's code) in the dry-run memory estimate where
 #: the process cannot measure its own resident memory (no /proc): importing refdiff's modules
 #: measured 265 MB (torch 2, CPU build).
@@ -72,12 +78,20 @@ Valid = npt.NDArray[np.bool_]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class UpscaleJob:
-    """One output to produce: LR, reference and change mask in, one GeoTIFF out."""
+    """One output to produce: LR, reference and change mask in, one GeoTIFF out.
+
+    Attributes:
+        mask: the change mask file, or None to estimate it from LR and reference
+            (``change.py``).
+        mask_out: where to write the mask the run used (given or estimated) on the output
+            grid, uint8 0 unchanged / 1 changed / 255 nodata; None writes none.
+    """
 
     lr: Path
     ref: Path
-    mask: Path
+    mask: Path | None
     output: Path
+    mask_out: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -97,6 +111,8 @@ class UpscaleReport:
     overlap_px: int
     ref_coverage: float
     mask_coverage: float
+    mask_source: str  # "file" or "estimated"
+    mask_out: Path | None  # where the mask used was written (--mask-out)
     seconds: float
     output_bytes_raw: int
     peak_memory_estimate_bytes: int
@@ -161,14 +177,18 @@ class ModelSpace:
     Attributes:
         lr: scaling of the LR (and of the output, which has the LR's values).
         ref: scaling of the reference.
-        mask: encoding of the change mask into the mask channel.
+        mask: encoding of the change mask file into the mask channel (None without a file).
         mask_source: the mask's name, for error messages.
+        mask_mode: where each tile's mask comes from: "file" (read and encoded), "estimated"
+            (``change.estimate_change`` of the tile's LR and reference) or "none" (all
+            changed: the reference is not used).
     """
 
     lr: normalize.BandScaling
     ref: normalize.BandScaling
-    mask: masks.MaskEncoding
+    mask: masks.MaskEncoding | None
     mask_source: str
+    mask_mode: MaskMode = "file"
 
 
 def load_engine(options: UpscaleOptions) -> Engine:
@@ -218,7 +238,7 @@ def upscale(
     raw_bytes = out_grid.width * out_grid.height * n_bands * dtype.itemsize
     free = write.preflight_output(
         job.output,
-        inputs=[job.lr, job.ref, job.mask],
+        inputs=[p for p in (job.lr, job.ref, job.mask) if p is not None],
         overwrite=options.overwrite,
         raw_bytes=raw_bytes,
     )
@@ -238,6 +258,8 @@ def upscale(
         overlap_px=plan.overlap_px,
         ref_coverage=sources.ref_coverage,
         mask_coverage=sources.mask_coverage,
+        mask_source="estimated" if sources.mask is None else "file",
+        mask_out=job.mask_out,
         seconds=0.0,
         output_bytes_raw=raw_bytes,
         peak_memory_estimate_bytes=memory_estimate(
@@ -281,7 +303,11 @@ def upscale(
             ),
         ) as writer,
         read.SourceReader(sources, out_grid) as reader,
+        contextlib.ExitStack() as extra,
     ):
+        mask_writer = None
+        if job.mask_out is not None:
+            mask_writer = extra.enter_context(mask_out_writer(job.mask_out, out_grid, options))
 
         def progress(done: int) -> None:
             on_event(Progress(task=job.output.name, done=done, total=len(plan.tiles)))
@@ -295,17 +321,47 @@ def upscale(
             batch_size=options.batch_size,
             block_rows=writer.block_rows,
             on_tiles=progress,
+            with_mask=mask_writer is not None,
         )
         for strip in strips:
-            values, n_clamped = normalize.cast_to_dtype(strip.values, dtype)
+            values, n_clamped = normalize.cast_to_dtype(strip.values[:n_bands], dtype)
             clamped += n_clamped
             normalize.reserve_nodata(values, strip.valid, nodata)
             writer.write_strip(strip.row_off, values, strip.valid)
+            if mask_writer is not None:
+                used = mask_values(strip.values[n_bands], strip.valid)
+                mask_writer.write_strip(strip.row_off, used[None], strip.valid)
         if clamped:
             logger.info("%d output values were clamped to the %s range", clamped, dtype.name)
         writer.finalize(tags, before_publish=lambda: check_inputs_unchanged(sources))
+        if mask_writer is not None:
+            mask_writer.finalize({**tags, "REFDIFF_LAYER": "change mask used"})
     seconds = time.monotonic() - started
     return dataclasses.replace(report, status="written", seconds=seconds, clamped_values=clamped)
+
+
+def mask_out_writer(path: Path, grid: geogrid.Grid, options: UpscaleOptions) -> write.RasterWriter:
+    """The writer of ``--mask-out``: one uint8 band, 0 unchanged / 1 changed / 255 nodata."""
+    return write.RasterWriter(
+        path,
+        grid,
+        count=1,
+        dtype=np.dtype(np.uint8),
+        nodata=MASK_OUT_NODATA,
+        band_descriptions=("change mask (1 = changed)",),
+        creation_options=options.creation_options,
+        overwrite=options.overwrite,
+        cog=options.cog,
+        overviews=True,
+        rgb=False,
+    )
+
+
+def mask_values(blended: npt.NDArray[np.float32], valid: Valid) -> npt.NDArray[np.uint8]:
+    """The blended mask channel (rows, W) as 0/1 (changed where >= 0.5), nodata where invalid."""
+    used = (blended >= 0.5).astype(np.uint8)
+    used[~valid] = MASK_OUT_NODATA
+    return used
 
 
 def output_type(lr_dtype: str, options: UpscaleOptions) -> tuple[np.dtype[Any], float | None]:
@@ -415,8 +471,9 @@ def model_space(sources: read.Sources, mask_encoding: str) -> ModelSpace:
     return ModelSpace(
         lr=normalize.scaling_for(sources.lr.dtype, sources.lr_scan.percentiles),
         ref=normalize.scaling_for(sources.ref.dtype, sources.ref_scan.percentiles),
-        mask=read.mask_encoding(sources, mask_encoding),
-        mask_source=str(sources.mask.path),
+        mask=None if sources.mask is None else read.mask_encoding(sources, mask_encoding),
+        mask_source="estimated" if sources.mask is None else str(sources.mask.path),
+        mask_mode="estimated" if sources.mask is None else "file",
     )
 
 
@@ -430,6 +487,7 @@ def sr_strips(
     batch_size: int,
     block_rows: int,
     on_tiles: Callable[[int], None] | None = None,
+    with_mask: bool = False,
 ) -> Iterator[Strip]:
     """The tiled pipeline shared by upscale and evaluate: finished strips of the SR in LR values.
 
@@ -442,18 +500,24 @@ def sr_strips(
         batch_size: tiles per engine call (the result does not depend on it).
         block_rows: strips are multiples of this many rows (the output's block height).
         on_tiles: called with the number of tiles done after every batch.
+        with_mask: append the change mask the engine was given (blended like the image,
+            0..1) as one more channel.
 
     Yields:
         Strips (values (C, rows, W) float32 in LR values, validity (rows, W)), top to bottom.
     """
     check_mask_channel(engine, space)
-    accumulator = StripAccumulator(plan, space.lr.bands, block_rows=block_rows)
+    channels = space.lr.bands + (1 if with_mask else 0)
+    accumulator = StripAccumulator(plan, channels, block_rows=block_rows)
     done = 0
     for tile_batch in batches(plan.tiles, batch_size):
         batch, lr_valid = _engine_batch(tile_batch, reader, engine.scale, seed, space)
         out = _call_padded(engine, batch).numpy()  # (B, C, H, W) model space
-        for tile, tile_out, valid in zip(tile_batch, out, lr_valid, strict=True):
-            yield from accumulator.add(tile, normalize.from_model(tile_out, space.lr), valid)
+        for i, (tile, valid) in enumerate(zip(tile_batch, lr_valid, strict=True)):
+            values = normalize.from_model(out[i], space.lr)  # (C, H, W)
+            if with_mask:
+                values = np.concatenate([values, batch.mask[i, :1].numpy()])
+            yield from accumulator.add(tile, values, valid)
         done += len(tile_batch)
         if on_tiles is not None:
             on_tiles(done)
@@ -461,6 +525,8 @@ def sr_strips(
 
 def check_mask_channel(engine: Engine, space: ModelSpace) -> None:
     """Refuse a mask whose channel the model was not trained on (0/1 vs graded levels)."""
+    if space.mask is None or space.mask_mode != "file":
+        return  # estimated and "none" masks are 0/1, which every mask channel reads
     wanted = engine.mask_channel
     given = masks.channel_kind(space.mask)
     if wanted is not None and given != wanted:
@@ -484,17 +550,30 @@ def _engine_batch(
         lr_list.append(np.where(lr_valid[None], normalize.to_model(lr, space.lr), 0.0))
         ref, ref_valid = reader.read_ref(tile.out)  # (C, H, W), (H, W)
         ref_list.append(np.where(ref_valid[None], normalize.to_model(ref, space.ref), 0.0))
-        raw_mask, mask_valid = reader.read_mask(tile.out)  # (H, W), (H, W)
-        mask, mask_valid = masks.encode(raw_mask, mask_valid, space.mask, source=space.mask_source)
-        mask_list.append(mask)  # (1, H, W)
-        # Without a reference or a mask value, the pixel is conditioned on LR alone.
-        ref_valid_list.append((ref_valid & mask_valid)[None])
+        if space.mask_mode == "file" and space.mask is not None:
+            raw_mask, mask_valid = reader.read_mask(tile.out)  # (H, W), (H, W)
+            mask, mask_valid = masks.encode(
+                raw_mask, mask_valid, space.mask, source=space.mask_source
+            )
+            mask_list.append(mask)  # (1, H, W)
+            # Without a reference or a mask value, the pixel is conditioned on LR alone.
+            ref_valid &= mask_valid
+        ref_valid_list.append(ref_valid[None])
         valid_list.append(np.repeat(np.repeat(lr_valid, scale, 0), scale, 1))
+    lr_t = torch.from_numpy(np.stack(lr_list).astype(np.float32))
+    ref_t = torch.from_numpy(np.stack(ref_list).astype(np.float32))
+    ref_valid_t = torch.from_numpy(np.stack(ref_valid_list))
+    if space.mask_mode == "estimated":
+        mask_t = estimate_change(lr_t, ref_t, ref_valid=ref_valid_t, scale=scale)
+    elif space.mask_mode == "none":
+        mask_t = torch.ones_like(ref_t[:, :1])
+    else:
+        mask_t = torch.from_numpy(np.stack(mask_list).astype(np.float32))
     batch = EngineBatch(
-        lr=torch.from_numpy(np.stack(lr_list).astype(np.float32)),
-        ref=torch.from_numpy(np.stack(ref_list).astype(np.float32)),
-        ref_valid=torch.from_numpy(np.stack(ref_valid_list)),
-        mask=torch.from_numpy(np.stack(mask_list).astype(np.float32)),
+        lr=lr_t,
+        ref=ref_t,
+        ref_valid=ref_valid_t,
+        mask=mask_t,
         origins=tuple((t.out.row_off, t.out.col_off) for t in tiles),
         seed=seed,
     )
@@ -543,7 +622,7 @@ def params_hash(job: UpscaleJob, engine: Engine, options: UpscaleOptions) -> str
             for k, v in to_dict(options).items()
             if k not in ("overwrite", "skip_existing", "dry_run", "device", "batch_size")
         },
-        "inputs": [read.fingerprint(p) for p in (job.lr, job.ref, job.mask)],
+        "inputs": [read.fingerprint(p) for p in (job.lr, job.ref, job.mask) if p is not None],
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
@@ -570,12 +649,16 @@ def provenance_tags(
         "REFDIFF_MASK_COVERAGE": f"{sources.mask_coverage:.4f}",
         "REFDIFF_BANDS": json.dumps({"lr": sources.lr_bands, "ref": sources.ref_bands}),
         "REFDIFF_NORMALIZATION": json.dumps(
-            {"lr": space.lr.to_dict(), "ref": space.ref.to_dict(), "mask": space.mask.to_dict()},
+            {
+                "lr": space.lr.to_dict(),
+                "ref": space.ref.to_dict(),
+                "mask": space.mask_mode if space.mask is None else space.mask.to_dict(),
+            },
             sort_keys=True,
         ),
         "REFDIFF_INPUTS": json.dumps(
             {
-                role: read.fingerprint(p)
+                role: "estimated" if p is None else read.fingerprint(p)
                 for role, p in (("lr", job.lr), ("ref", job.ref), ("mask", job.mask))
             },
             sort_keys=True,

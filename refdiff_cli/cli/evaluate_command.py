@@ -17,6 +17,7 @@ from refdiff_cli.errors import ConfigError
 #: not imported here, to keep ``refdiff --help`` free of numpy and rasterio).
 LayoutChoice = Literal["auto", "cd", "paper", "csv"]
 LrKindChoice = Literal["bicubic", "real"]
+MaskSourceChoice = Literal["label", "estimated", "none"]  # ``evaluate_options.MaskSource``
 
 METHODS_HELP = (
     "Comma-separated engine methods: bicubic (LR upsampling), ref (copy the reference), hpf "
@@ -117,6 +118,15 @@ def evaluate_command(
             help=shared.mask_grid_help("LR", where="CSV sets. "),
         ),
     ] = "own",
+    mask_source: Annotated[
+        MaskSourceChoice,
+        typer.Option(
+            "--mask-source",
+            help="The mask the methods get: label (the dataset's), estimated (as upscale "
+            "without --mask; also scored against the labels beside change vector analysis) "
+            "or none (all changed). Regions are always the labels'.",
+        ),
+    ] = "label",
     mask_encoding: Annotated[
         str,
         typer.Option(
@@ -195,6 +205,7 @@ def evaluate_command(
         csv_path=csv_path,
         figure_path=figure,
         figure_images=parse_figure_images(figure_images),
+        mask_source=mask_source,
     )
     verbosity = ctx.obj["verbosity"] if ctx.obj else 0
     progress = render.ProgressRenderer(enabled=verbosity >= 0)

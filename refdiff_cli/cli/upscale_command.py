@@ -55,7 +55,12 @@ def parse_nodata(text: str | None) -> float | None:
 
 
 def resolve_jobs(
-    lr: list[Path], ref: Path | None, mask: Path | None, output: Path | None, from_list: Path | None
+    lr: list[Path],
+    ref: Path | None,
+    mask: Path | None,
+    output: Path | None,
+    from_list: Path | None,
+    mask_out: Path | None = None,
 ) -> list[Any]:
     """Turn positional inputs or a list file into upscale jobs with explicit output paths."""
     from refdiff_cli.batch import jobs_from_list, output_names
@@ -65,13 +70,15 @@ def resolve_jobs(
     if from_list is not None:
         if lr or ref or mask:
             raise ConfigError("--from-list replaces LR, --ref and --mask; give one or the other")
+        if mask_out is not None:
+            raise ConfigError("--mask-out names one file: use it without --from-list")
         return jobs_from_list(from_list, output_dir=output)
     if not lr:
-        raise ConfigError("no input: give LR raster(s) with --ref and --mask, or --from-list FILE")
-    if ref is None or mask is None:
+        raise ConfigError("no input: give LR raster(s) with --ref, or --from-list FILE")
+    if ref is None:
         raise ConfigError(
-            "--ref and --mask are required",
-            hint="refdiff upscale lr.tif --ref ref.tif --mask cd.tif -o out.tif",
+            "--ref is required",
+            hint="refdiff upscale lr.tif --ref ref.tif [--mask cd.tif] -o out.tif",
         )
     if output is None:
         raise ConfigError("-o/--output is required (a file, or a folder for several inputs)")
@@ -79,11 +86,18 @@ def resolve_jobs(
     if len(lr) > 1 or output.is_dir():
         if not output.is_dir():
             raise ConfigError(f"-o {output}: with several inputs, -o must be an existing folder")
+        if mask_out is not None:
+            raise ConfigError("--mask-out names one file: use it with one LR input and -o FILE")
         outputs = output_names(lr, output)
     else:
         outputs = [output]
+    if mask_out is not None:
+        check_output_name(mask_out)
+        if mask_out.resolve() == output.resolve():
+            raise ConfigError(f"--mask-out {mask_out} is the output itself; name another file")
     return [
-        UpscaleJob(lr=p, ref=ref, mask=mask, output=o) for p, o in zip(lr, outputs, strict=True)
+        UpscaleJob(lr=p, ref=ref, mask=mask, output=o, mask_out=mask_out)
+        for p, o in zip(lr, outputs, strict=True)
     ]
 
 
@@ -107,8 +121,17 @@ def upscale_command(
         Path | None,
         typer.Option(
             "--mask",
-            help="Change mask GeoTIFF: nonzero where land cover changed.  [required without "
-            "--from-list]",
+            help="Change mask GeoTIFF: nonzero where land cover changed. Without it the mask "
+            "is estimated from where the registered reference disagrees with the LR.",
+        ),
+    ] = None,
+    mask_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--mask-out",
+            help="Also write the change mask the run used (given or estimated) on the output "
+            "grid: uint8, 0 unchanged, 1 changed, 255 nodata.",
+            dir_okay=False,
         ),
     ] = None,
     output: Annotated[
@@ -123,8 +146,8 @@ def upscale_command(
         Path | None,
         typer.Option(
             "--from-list",
-            help="CSV with columns lr,ref,mask[,output]: paths relative to the CSV's folder, "
-            "outputs to -o DIR when given.",
+            help="CSV with columns lr,ref[,mask][,output]: paths relative to the CSV's folder "
+            "(an empty mask is estimated), outputs to -o DIR when given.",
         ),
     ] = None,
     overwrite: Annotated[
@@ -233,9 +256,10 @@ def upscale_command(
     ] = False,
     as_json: shared.Json = False,
 ) -> int:
-    """Super-resolve LR raster(s) with a reference and a change mask into georeferenced GeoTIFF(s).
+    """Super-resolve LR raster(s) with a reference (and a change mask) into georeferenced GeoTIFFs.
 
     Example: refdiff upscale lr.tif --ref ref.tif --mask cd.tif -o out.tif
+    (without --mask, the change mask is estimated; --mask-out writes it)
     """
     from refdiff_cli.batch import run_batch
     from refdiff_cli.geo.write import check_creation_options
@@ -270,7 +294,7 @@ def upscale_command(
         dtype=dtype,
         nodata=parse_nodata(nodata),
     )
-    jobs = resolve_jobs(lr, ref, mask, output, from_list)
+    jobs = resolve_jobs(lr, ref, mask, output, from_list, mask_out)
     verbosity = ctx.obj["verbosity"] if ctx.obj else 0
     progress = render.ProgressRenderer(enabled=verbosity >= 0 and not dry_run)
     engine_ = load_engine(options)

@@ -274,7 +274,7 @@ def _open_geo(
         hr_scaling=hr_scaling,
         ref_scaling=ref_scaling,
         encoding=plan.encoding,
-        mask_source=str(geo.mask.path),
+        mask_source=str(plan.paths["mask"]),
     )
     names = _geo_names(geo.band_descriptions, geo.lr_bands)
     return OpenSource(

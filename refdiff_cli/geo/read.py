@@ -332,19 +332,20 @@ class CheckedSources:
     """The inputs of an upscale after every check that reads headers only (no pixel blocks).
 
     Attributes:
-        lr, ref, mask: the rasters.
+        lr, ref, mask: the rasters; mask None when the change mask is to be estimated.
         lr_bands, ref_bands: 1-based bands read from LR and ref (same count).
-        mask_grid: the grid the mask is read on.
-        ref_coverage, mask_coverage: fraction (0..1) of the LR footprint they cover.
+        mask_grid: the grid the mask is read on (None without a mask).
+        ref_coverage, mask_coverage: fraction (0..1) of the LR footprint they cover (an
+            estimated mask covers all of it).
         warnings: messages for the user (partial coverage, ...).
     """
 
     lr: RasterInfo
     ref: RasterInfo
-    mask: RasterInfo
+    mask: RasterInfo | None
     lr_bands: tuple[int, ...]
     ref_bands: tuple[int, ...]
-    mask_grid: Grid
+    mask_grid: Grid | None
     ref_coverage: float
     mask_coverage: float
     warnings: tuple[str, ...]
@@ -361,12 +362,12 @@ class Sources(CheckedSources):
 
     Attributes:
         lr_scan, ref_scan, mask_scan: what the full decode found (ref and mask: where they
-            overlap the LR).
+            overlap the LR; mask_scan None without a mask).
     """
 
     lr_scan: Scan
     ref_scan: Scan
-    mask_scan: Scan
+    mask_scan: Scan | None
 
     @property
     def band_descriptions(self) -> tuple[str | None, ...]:
@@ -382,6 +383,8 @@ class Sources(CheckedSources):
         """Inputs whose size, mtime or inode differ from when they were opened."""
         changed = []
         for info in (self.lr, self.ref, self.mask):
+            if info is None:
+                continue
             try:
                 now = stamp(info.path)
             except OSError:
@@ -397,7 +400,10 @@ def mask_encoding(sources: Sources, option: str) -> masks.MaskEncoding:
 
     Raises:
         InputError: "auto" for a mask with more distinct values than a class map has.
+        ValueError: sources without a mask file.
     """
+    if sources.mask is None or sources.mask_scan is None:
+        raise ValueError("these sources have no mask file")
     source = str(sources.mask.path)
     values = sources.mask_scan.values
     if option == "auto" and values is None:
@@ -411,7 +417,7 @@ def mask_encoding(sources: Sources, option: str) -> masks.MaskEncoding:
 def open_sources(
     lr: Path,
     ref: Path,
-    mask: Path,
+    mask: Path | None,
     *,
     scale: int,
     bands: Sequence[int] | None = None,
@@ -442,7 +448,7 @@ def open_sources(
 def check_sources(
     lr: Path,
     ref: Path,
-    mask: Path,
+    mask: Path | None,
     *,
     scale: int,
     bands: Sequence[int] | None = None,
@@ -457,7 +463,7 @@ def check_sources(
     LR/ref ground-pixel ratio against ``scale``, footprint overlap (in the LR's CRS).
 
     Args:
-        lr, ref, mask: the input files.
+        lr, ref, mask: the input files; mask None when the change mask is to be estimated.
         scale: the engine's factor.
         bands: LR bands (1-based) or None for all non-alpha bands.
         ref_bands: ref bands or None: the same indexes as ``bands`` when the ref has them,
@@ -472,13 +478,19 @@ def check_sources(
         ConfigError: bad band indexes, remote paths.
         InputError: anything wrong with the data, naming the file and the fix.
     """
-    paths = {primary_role: Path(lr), "ref": Path(ref), "mask": Path(mask)}
+    paths = {primary_role: Path(lr), "ref": Path(ref)}
+    if mask is not None:
+        paths["mask"] = Path(mask)
     for role, path in paths.items():
         check_path(path, role)
     infos = {role: inspect_raster(path, role) for role, path in paths.items()}
-    lr_info, ref_info, mask_info = infos[primary_role], infos["ref"], infos["mask"]
+    lr_info, ref_info, mask_info = infos[primary_role], infos["ref"], infos.get("mask")
     lr_grid, ref_grid = require_grid(lr_info), require_grid(ref_info)
-    own_mask_grid = _mask_grid(mask_info, mask_grid, lr_grid, ref_grid, scale, role=primary_role)
+    own_mask_grid = (
+        None
+        if mask_info is None
+        else _mask_grid(mask_info, mask_grid, lr_grid, ref_grid, scale, role=primary_role)
+    )
 
     lr_sel = select_bands(lr_info, bands)
     ref_sel = _ref_bands(ref_info, lr_info, lr_sel, bands, ref_bands)
@@ -500,7 +512,11 @@ def check_sources(
         logger.warning("%s", message)
         messages.append(message)
     ref_cover = _coverage_or_fail(lr_info, ref_info, ref_grid, messages)
-    mask_cover = _coverage_or_fail(lr_info, mask_info, own_mask_grid, messages)
+    mask_cover = (
+        1.0
+        if mask_info is None or own_mask_grid is None
+        else _coverage_or_fail(lr_info, mask_info, own_mask_grid, messages)
+    )
     return CheckedSources(
         lr=lr_info,
         ref=ref_info,
@@ -536,8 +552,12 @@ def decode_sources(
         window=_needed_window(ref_grid, lr_grid),
         percentiles=percentiles,
     )
-    mask_scan = scan(
-        checked.mask, (1,), window=_needed_window(checked.mask_grid, lr_grid), distinct=True
+    mask_scan = (
+        None
+        if checked.mask is None or checked.mask_grid is None
+        else scan(
+            checked.mask, (1,), window=_needed_window(checked.mask_grid, lr_grid), distinct=True
+        )
     )
     return Sources(
         lr=checked.lr,
@@ -698,11 +718,12 @@ class SourceReader:
             self._stack.enter_context(rasterio_env())
             self._lr = self._stack.enter_context(open_geotiff(s.lr.path, s.lr.role))
             ref = self._stack.enter_context(open_geotiff(s.ref.path, "ref"))
-            mask = self._stack.enter_context(open_geotiff(s.mask.path, "mask"))
             self._ref = self._stack.enter_context(_warped(ref, grid, Resampling.cubic))
-            self._mask = self._stack.enter_context(
-                _warped(mask, grid, Resampling.nearest, source_grid=s.mask_grid)
-            )
+            if s.mask is not None:
+                mask = self._stack.enter_context(open_geotiff(s.mask.path, "mask"))
+                self._mask = self._stack.enter_context(
+                    _warped(mask, grid, Resampling.nearest, source_grid=s.mask_grid)
+                )
         except BaseException:
             self._stack.close()
             raise
@@ -730,7 +751,12 @@ class SourceReader:
     def read_mask(
         self, window: PixelWindow
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-        """Mask band 1 warped (nearest) onto an output-pixel window: (H, W) values and validity."""
+        """Mask band 1 warped (nearest) onto an output-pixel window: (H, W) values and validity.
+
+        Only for sources with a mask file (an estimated mask is made from LR and ref).
+        """
+        if self.sources.mask is None:
+            raise ValueError("these sources have no mask file to read")
         values, valid = _read_vrt(self._mask, self.sources.mask, (1,), window)
         return values[0], valid
 

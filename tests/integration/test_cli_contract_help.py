@@ -30,7 +30,7 @@ def help_of(command: str) -> str:
         ("prepare", "--layout <auto|cd|paper|csv|images>"),
         ("prepare", "--mask-grid <own|ref|image>"),
         ("train", "--preset <tiny|small|paper>"),
-        ("train", "--lr-method <realistic|bicubic|stored>"),
+        ("train", "--lr-method <realistic|bicubic|mixed|stored>"),
         ("train", "--target <hr|residual>"),
         ("train", "--precision <fp32|bf16>"),
     ],
@@ -71,11 +71,13 @@ def test_train_learning_rate_is_not_the_lr_image() -> None:
     assert "--lr, --learning-rate <float>" in text and "not the LR image" in text
 
 
-def test_ref_mask_and_output_say_when_they_are_required() -> None:
+def test_ref_and_output_say_when_they_are_required_and_mask_that_it_is_optional() -> None:
     text = " ".join(help_of("upscale").split())
-    for option in ("--ref <path>", "--mask <path>", "-o, --output <path>"):
+    for option in ("--ref <path>", "-o, --output <path>"):
         start = text.index(option)
         assert "[required without --from-" in text[start : start + 160], option  # may wrap
+    start = text.index("--mask <path>")
+    assert "Without it the mask is estimated" in text[start : start + 200]
 
 
 @pytest.mark.parametrize(

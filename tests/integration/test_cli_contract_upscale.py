@@ -269,7 +269,7 @@ def from_list(listing: Path, *extra: str) -> list[str]:
     [
         (b"lr,ref,mask\nlr.tif,ref.tif\n", "line 2: 2 cell(s), the header has 3"),
         (b"lr,ref,mask\nlr-\xe9.tif,ref.tif,cd.tif\n", "is not UTF-8 text"),
-        (b"lr,ref\nlr.tif,ref.tif\n", "lacks column(s) mask"),
+        (b"lr,mask\nlr.tif,cd.tif\n", "lacks column(s) ref"),
         (b"lr,ref,mask\n,ref.tif,cd.tif\n", "line 2: empty lr"),
         (b"lr,ref,mask\n", "has a header but no rows"),
     ],

@@ -204,10 +204,14 @@ def test_json_csv_and_figure(tmp_path: Path) -> None:
 
     figure = read_image(tmp_path / "figure.png")
     columns = 1 + 3 + 3  # LR, methods, HR, Ref, mask
-    assert figure.shape == (3, 2 * 64 + 4, columns * 64 + (columns - 1) * 4)
+    unlabelled = (2 * 64 + 4, columns * 64 + (columns - 1) * 4)
+    assert figure.shape[1] > unlabelled[0] and figure.shape[2] > unlabelled[1]  # + labels
     assert data["figure"]["images"] == ["b", "a"]  # most changed pixels first
     assert data["figure"]["columns"] == ["lr", "bicubic", "ref", "hpf", "hr", "reference", "mask"]
-    hr_panel = figure[:, 64 + 4 :, 4 * (64 + 4) : 4 * (64 + 4) + 64]  # row "a", HR column
+    label_w = figure.shape[2] - unlabelled[1]  # the image-name strip left of the panels
+    header_h = (figure.shape[1] - unlabelled[0]) // 3  # header + two caption strips alike
+    top, left = header_h + 64 + header_h + 4, label_w + 4 * (64 + 4)  # row "a", HR column
+    hr_panel = figure[:, top : top + 64, left : left + 64]
     np.testing.assert_array_equal(hr_panel, read_image(root / "B" / "a.png"))
 
 

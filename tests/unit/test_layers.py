@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "tiling": 1,
     "metrics": 1,
     "guided": 1,
+    "change": 1,
     "data/normalize": 1,
     "data/degrade": 1,
     "data/masks": 1,
