@@ -331,7 +331,7 @@ def _figure(options: EvalOptions, dataset: Dataset, names: list[str], scale: int
                 hint="name images by file stem, or pass a number",
             )
     order = [n for n in names if n == "bicubic"] + [n for n in names if n != "bicubic"]
-    return Figure(wanted, order, scale)
+    return Figure(wanted, order, scale, data_range=options.data_range, border=options.border)
 
 
 def _load_lpips(options: EvalOptions) -> LPIPS | None:
