@@ -203,6 +203,8 @@ def save_json(obj: Any, path: Path) -> None:
 
 
 EngineName = Literal["auto", "diffusion", "guided", "bicubic"]
+#: Largest ``--ref-strength``: beyond it the extrapolation only amplifies disagreement.
+MAX_REF_STRENGTH = 4.0
 MaskGrid = Literal["own", "ref", "lr"]
 
 
@@ -212,6 +214,8 @@ class UpscaleOptions:
 
     ``None`` means "take the model card's default". ``mask_encoding`` is "auto", "binary",
     "grey" or the path of a class table (JSON or CSV; see ``data/masks.py``).
+    ``ref_strength`` (0..``MAX_REF_STRENGTH``) weighs the reference: 0 ignores it, 1 is the
+    engine as designed, above 1 pushes further towards it (``engines.py``).
     """
 
     engine: EngineName = "auto"
@@ -237,8 +241,14 @@ class UpscaleOptions:
     overwrite: bool = False
     skip_existing: bool = False
     dry_run: bool = False
+    ref_strength: float = 1.0
 
     def __post_init__(self) -> None:
+        _require(
+            math.isfinite(self.ref_strength) and 0 <= self.ref_strength <= MAX_REF_STRENGTH,
+            "--ref-strength",
+            f"{self.ref_strength}; use a number from 0 to {MAX_REF_STRENGTH:g}",
+        )
         _require(
             self.engine in ("auto", "diffusion", "guided", "bicubic"),
             "--engine",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import torch
@@ -23,7 +24,12 @@ from refdiff_cli.diffusion.sampler import initial_state, sample
 from refdiff_cli.errors import ConfigError
 from refdiff_cli.guided import GuidedConfig, guided_transfer
 from refdiff_cli.model.checkpoint import LoadedModel
-from refdiff_cli.model.precond import Conditioning, image_from_target, prepare_conditions
+from refdiff_cli.model.precond import (
+    Conditioning,
+    Prepared,
+    image_from_target,
+    prepare_conditions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,20 +146,24 @@ class GuidedEngine(BicubicEngine):
 
     Where the mask says changed, where the reference has no data or where it does not explain
     the LR, the output is bicubic. The blend margin covers the reach of its windows.
+    ``ref_strength`` S scales the reference's contribution: ``U(L) + S (X - U(L))``.
     """
 
     name = "guided"
 
-    def __init__(self, scale: int, config: GuidedConfig | None = None) -> None:
+    def __init__(
+        self, scale: int, config: GuidedConfig | None = None, *, ref_strength: float = 1.0
+    ) -> None:
         super().__init__(scale)
         self.config = config or GuidedConfig()
+        self.ref_strength = ref_strength
         reach = self.config.reach_lr() * scale
         self.tile_px = max(64 * scale, 4 * reach)
         self.overlap_px = 2 * reach
         self.margin_px = reach // 2
 
     def __call__(self, batch: EngineBatch) -> torch.Tensor:
-        return guided_transfer(
+        estimate = guided_transfer(
             batch.lr.float(),
             batch.ref.float(),
             mask=batch.mask.float(),
@@ -161,9 +171,18 @@ class GuidedEngine(BicubicEngine):
             scale=self.scale,
             config=self.config,
         ).estimate
+        if self.ref_strength == 1.0:
+            return estimate
+        lr_up = upsample(batch.lr.float(), self.scale, clamp=False)
+        return lr_up + self.ref_strength * (estimate - lr_up)
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "scale": self.scale, "guided": to_dict(self.config)}
+        return {
+            "engine": self.name,
+            "scale": self.scale,
+            "guided": to_dict(self.config),
+            "ref_strength": self.ref_strength,
+        }
 
 
 class DiffusionEngine:
@@ -176,6 +195,11 @@ class DiffusionEngine:
     order than a single one (measured: 4.7e-6 apart), which the sampler amplifies into
     different bytes. So CPU results are identical for every ``--batch-size``; on GPUs the
     whole batch goes through the network at once, for throughput.
+
+    ``ref_strength`` S != 1 guides every denoiser call between the reference-on prediction
+    and the reference-off one (mask all "changed", which the training's reference dropout
+    taught): ``D = D_off + S (D_on - D_off)``, both as images (their residual bases differ),
+    like classifier-free guidance. It costs a second network evaluation per call.
     """
 
     name = "diffusion"
@@ -187,9 +211,11 @@ class DiffusionEngine:
         *,
         device: torch.device,
         precision: Precision,
+        ref_strength: float = 1.0,
     ) -> None:
         card = model.card
         self.model = model
+        self.ref_strength = ref_strength
         self.sampler = sampler
         self.device = device
         self.precision = precision
@@ -221,45 +247,73 @@ class DiffusionEngine:
 
     @torch.no_grad()
     def __call__(self, batch: EngineBatch) -> torch.Tensor:
-        lr = batch.lr.to(self.device, torch.float32)
-        prepared = prepare_conditions(
-            lr=lr,
-            ref=batch.ref.to(self.device, torch.float32),
-            mask=batch.mask.to(self.device, torch.float32),
-            ref_valid=batch.ref_valid.to(self.device),
-            scale=self.scale,
-            reference=self.reference,
-            upsample_mode=self.upsample_mode,
-            guided_config=self.guided_config,
-        )
-        cond, lr_up = prepared.cond, prepared.cond.lr_up  # (B, C, H, W)
+        mask = batch.mask.to(self.device, torch.float32)
+        prepared = self._prepare(batch, mask)
+        unreferenced = None
+        if self.ref_strength != 1.0:
+            unreferenced = self._prepare(batch, torch.ones_like(mask))
+        lr_up = prepared.cond.lr_up  # (B, C, H, W)
         field = PixelNoise(batch.seed, lr_up.shape[1])
         noise = make_noise_fn(field, batch.origins, (lr_up.shape[2], lr_up.shape[3]), self.device)
         x_T = initial_state(self.sampler.start, self.sampler.sigma_max, noise(0), lr_up)
-        out = self._sample(x_T, cond, noise, self.dtype)
+        denoise = self._guided_denoiser(prepared, unreferenced, self.dtype)
+        out = sample(self.sampler, denoise, x_T, noise=noise)
         if not bool(torch.isfinite(out).all()) and self.dtype != torch.float32:
             logger.warning(
                 "%s produced non-finite values in a tile batch at %s; recomputing it in fp32",
                 self.precision,
                 batch.origins[0],
             )
-            out = self._sample(x_T, cond, noise, torch.float32)
+            denoise = self._guided_denoiser(prepared, unreferenced, torch.float32)
+            out = sample(self.sampler, denoise, x_T, noise=noise)
         if not bool(torch.isfinite(out).all()):
             raise RuntimeError(
                 f"the model produced non-finite values for the tiles at {batch.origins}"
             )
         return image_from_target(out, prepared.base, self.target).float().cpu()
 
-    def _sample(
-        self,
-        x_T: torch.Tensor,
-        cond: Conditioning,
-        noise: Any,
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
-        step = self.network_batch or x_T.shape[0]
+    def _prepare(self, batch: EngineBatch, mask: torch.Tensor) -> Prepared:
+        return prepare_conditions(
+            lr=batch.lr.to(self.device, torch.float32),
+            ref=batch.ref.to(self.device, torch.float32),
+            mask=mask,
+            ref_valid=batch.ref_valid.to(self.device),
+            scale=self.scale,
+            reference=self.reference,
+            upsample_mode=self.upsample_mode,
+            guided_config=self.guided_config,
+        )
+
+    def _guided_denoiser(
+        self, on: Prepared, off: Prepared | None, dtype: torch.dtype
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The sampler's denoiser: reference-on, or guided towards/away from reference-off.
+
+        Both branches see the same state; their estimates are combined as images (the
+        reference-off estimate is relative to its own base, LR_up rather than the guided
+        estimate), then expressed against the reference-on base the sampler works in. With
+        the one-step "mean" sampler, S = 0 is exactly the model run with a mask saying
+        everything changed.
+        """
+        on_denoise = self._denoiser(on.cond, dtype)
+        if off is None:
+            return on_denoise
+        off_denoise = self._denoiser(off.cond, dtype)
+        rebase = off.base - on.base if self.target == "residual" else torch.zeros_like(on.base)
+        strength = self.ref_strength
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            d_on = on_denoise(x, sigma)
+            d_off = off_denoise(x, sigma) + rebase
+            return d_off + strength * (d_on - d_off)
+
+        return denoise
+
+    def _denoiser(
+        self, cond: Conditioning, dtype: torch.dtype
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            step = self.network_batch or x.shape[0]
             parts = []
             for i in range(0, x.shape[0], step):
                 part = slice(i, i + step)
@@ -269,7 +323,7 @@ class DiffusionEngine:
                 parts.append(self.denoiser(x[part], sigma[part], conditions, dtype=dtype))
             return torch.cat(parts)
 
-        return sample(self.sampler, denoise, x_T, noise=noise)
+        return denoise
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -280,4 +334,5 @@ class DiffusionEngine:
             "scale": self.scale,
             "precision": self.precision,
             "sampler": to_dict(self.sampler),
+            "ref_strength": self.ref_strength,
         }

@@ -156,7 +156,7 @@ def evaluate(
         scale = paper_scale(dataset_path, options.lr_kind)
     engines = _build_engines(methods, options, scale)
     scale = scale or (engines[0].scale if engines else DEFAULT_BICUBIC_SCALE)
-    engines += _baselines(methods, scale)
+    engines += _baselines(methods, scale, options.ref_strength)
     engines.sort(key=lambda e: methods.index(_method_name(e)))
     folders = [SrFolder.scan(name, path) for name, path in options.sr_dirs]
     dataset = open_dataset(
@@ -304,7 +304,7 @@ def _build_engines(
     return [load_engine(options.upscale_options(scale))]
 
 
-def _baselines(methods: tuple[str, ...], scale: int) -> list[Engine]:
+def _baselines(methods: tuple[str, ...], scale: int, ref_strength: float) -> list[Engine]:
     engines: list[Engine] = []
     for method in methods:
         if method == "bicubic":
@@ -314,7 +314,7 @@ def _baselines(methods: tuple[str, ...], scale: int) -> list[Engine]:
         elif method == "hpf":
             engines.append(HighPassEngine(scale))
         elif method == "guided":
-            engines.append(GuidedEngine(scale))
+            engines.append(GuidedEngine(scale, ref_strength=ref_strength))
     return engines
 
 
@@ -401,6 +401,7 @@ def _settings(
         "tiling": to_dict(options.tiling),
         "mask_encoding": options.mask_encoding,
         "mask_source": options.mask_source,
+        "ref_strength": options.ref_strength,
         "border": options.border,
         "data_range": options.data_range if options.data_range is not None else "auto",
         "rgb": options.rgb,

@@ -50,6 +50,7 @@ class EvalOptions:
         csv_path: write one row per image x method x region there.
         figure_path: write a PNG comparison grid there.
         figure_images: number of figure rows (most changed pixels first) or their item names.
+        ref_strength: the guided and model methods' ``--ref-strength`` (``UpscaleOptions``).
         mask_source: the mask the methods are given: "label" (the dataset's), "estimated"
             (``change.estimate_change``, as ``upscale`` without ``--mask``; the estimate is
             also scored against the labels, beside change vector analysis) or "none"
@@ -83,6 +84,7 @@ class EvalOptions:
     figure_path: Path | None = None
     figure_images: int | tuple[str, ...] = 4
     mask_source: MaskSource = "label"
+    ref_strength: float = 1.0
 
     def __post_init__(self) -> None:
         if self.layout not in ("auto", "cd", "paper", "csv"):
@@ -170,4 +172,5 @@ class EvalOptions:
             ref_bands=self.ref_bands,
             mask_grid=self.mask_grid,
             mask_encoding=self.mask_encoding,
+            ref_strength=self.ref_strength,
         )

@@ -197,13 +197,25 @@ def load_engine(options: UpscaleOptions) -> Engine:
         options.engine == "auto" and (options.model is not None or default_model_installed())
     )
     if options.engine == "guided":
-        return GuidedEngine(options.scale or DEFAULT_BICUBIC_SCALE)
+        scale = options.scale or DEFAULT_BICUBIC_SCALE
+        return GuidedEngine(scale, ref_strength=options.ref_strength)
     if not wants_model:
+        if options.ref_strength != 1.0:
+            raise ConfigError(
+                "--ref-strength has no effect on the bicubic engine, which ignores the reference",
+                hint="use --engine guided or diffusion, or leave --ref-strength at 1",
+            )
         return BicubicEngine(options.scale or DEFAULT_BICUBIC_SCALE)
     device = resolve_device(options.device)
     model = load_model(options.model, expected_sha256=options.model_sha256, scale=options.scale)
     sampler = options.resolved_sampler(model.card.sampler_config)
-    return DiffusionEngine(model, sampler, device=device, precision=options.precision)
+    return DiffusionEngine(
+        model,
+        sampler,
+        device=device,
+        precision=options.precision,
+        ref_strength=options.ref_strength,
+    )
 
 
 def upscale(

@@ -35,6 +35,14 @@ Sampler = Annotated[
     SamplerName | None,
     typer.Option("--sampler", help="ODE sampler [default: from the model card]."),
 ]
+RefStrength = Annotated[
+    float,
+    typer.Option(
+        "--ref-strength",
+        help="Weight of the reference, 0-4: 0 ignores it (LR only), 1 as trained, above 1 "
+        "pushes further towards it (guided and diffusion engines).",
+    ),
+]
 Seed = Annotated[
     int,
     typer.Option(

@@ -193,6 +193,7 @@ def upscale_command(
         float | None, typer.Option("--churn", help="EDM S_churn (0 = deterministic ODE sampling).")
     ] = None,
     seed: shared.Seed = 0,
+    ref_strength: shared.RefStrength = 1.0,
     device: shared.Device = "auto",
     precision: shared.Precision = "fp32",
     batch_size: shared.BatchSize = 4,
@@ -279,6 +280,7 @@ def upscale_command(
         start=start,
         S_churn=churn,
         seed=seed,
+        ref_strength=ref_strength,
         device=device,
         precision=precision,
         batch_size=batch_size,
