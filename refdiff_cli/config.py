@@ -205,6 +205,8 @@ def save_json(obj: Any, path: Path) -> None:
 EngineName = Literal["auto", "diffusion", "guided", "bicubic"]
 #: Largest ``--ref-strength``: beyond it the extrapolation only amplifies disagreement.
 MAX_REF_STRENGTH = 4.0
+#: Output data types ``--dtype`` accepts (GeoTIFF band types numpy and GDAL share).
+OUTPUT_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 MaskGrid = Literal["own", "ref", "lr"]
 
 
@@ -215,7 +217,10 @@ class UpscaleOptions:
     ``None`` means "take the model card's default". ``mask_encoding`` is "auto", "binary",
     "grey" or the path of a class table (JSON or CSV; see ``data/masks.py``).
     ``ref_strength`` (0..``MAX_REF_STRENGTH``) weighs the reference: 0 ignores it, 1 is the
-    engine as designed, above 1 pushes further towards it (``engines.py``).
+    engine as designed, above 1 pushes further towards it (``engines.py``). ``dtype`` (one of
+    ``OUTPUT_DTYPES``) and ``nodata`` override the output's data type (values rounded half to
+    even and clamped: ``normalize.cast_to_dtype``) and nodata value (NaN allowed for float
+    types; it must fit the output type, checked per job); None keeps the LR's.
     """
 
     engine: EngineName = "auto"
@@ -242,8 +247,20 @@ class UpscaleOptions:
     skip_existing: bool = False
     dry_run: bool = False
     ref_strength: float = 1.0
+    dtype: str | None = None
+    nodata: float | None = None
 
     def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in OUTPUT_DTYPES:
+            raise ConfigError(
+                f"invalid --dtype: {self.dtype!r} is not an output data type",
+                hint=f"use one of {', '.join(OUTPUT_DTYPES)}",
+            )
+        if self.nodata is not None and math.isinf(self.nodata):
+            raise ConfigError(
+                "invalid --nodata: infinity cannot mark nodata",
+                hint="use a finite number, or nan for float outputs",
+            )
         _require(
             math.isfinite(self.ref_strength) and 0 <= self.ref_strength <= MAX_REF_STRENGTH,
             "--ref-strength",

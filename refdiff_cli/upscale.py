@@ -130,38 +130,6 @@ class UpscaleReport:
         return to_dict(self)
 
 
-#: Output data types ``--dtype`` accepts (GeoTIFF band types numpy and GDAL share).
-OUTPUT_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class UpscaleOutputOptions(UpscaleOptions):
-    """``UpscaleOptions`` with the output overrides ``--dtype`` and ``--nodata``.
-
-    Attributes:
-        dtype: output data type (one of ``OUTPUT_DTYPES``), or None for the LR's. Values are
-            rounded half to even and clamped to the type's range (``normalize.cast_to_dtype``).
-        nodata: output nodata value (NaN allowed for float types), or None for the LR's rule
-            (``normalize.choose_output_nodata``); must be representable in the output type.
-    """
-
-    dtype: str | None = None
-    nodata: float | None = None
-
-    def __post_init__(self) -> None:
-        UpscaleOptions.__post_init__(self)  # zero-argument super() fails in slots dataclasses
-        if self.dtype is not None and self.dtype not in OUTPUT_DTYPES:
-            raise ConfigError(
-                f"invalid --dtype: {self.dtype!r} is not an output data type",
-                hint=f"use one of {', '.join(OUTPUT_DTYPES)}",
-            )
-        if self.nodata is not None and math.isinf(self.nodata):
-            raise ConfigError(
-                "invalid --nodata: infinity cannot mark nodata",
-                hint="use a finite number, or nan for float outputs",
-            )
-
-
 class TileReader(Protocol):
     """Where tiles come from: ``geo.read.SourceReader`` for files, arrays for evaluation."""
 
@@ -382,14 +350,14 @@ def output_type(lr_dtype: str, options: UpscaleOptions) -> tuple[np.dtype[Any], 
     Raises:
         ConfigError: ``--nodata`` is not representable in the output type (exit 2).
     """
-    dtype = np.dtype(lr_dtype)
-    nodata: float | None = None
-    if isinstance(options, UpscaleOutputOptions):
-        dtype = np.dtype(options.dtype or lr_dtype)
-        nodata = options.nodata
+    dtype = np.dtype(options.dtype or lr_dtype)
+    nodata = options.nodata
     if nodata is not None and not write.nodata_fits(nodata, dtype):
-        given = isinstance(options, UpscaleOutputOptions) and options.dtype is not None
-        source = "set by --dtype" if given else "the LR's data type, which the output keeps"
+        source = (
+            "set by --dtype"
+            if options.dtype is not None
+            else "the LR's data type, which the output keeps"
+        )
         raise ConfigError(
             f"--nodata {nodata:g} is not a {dtype.name} value ({dtype.name}: {source})",
             hint=_nodata_hint(dtype),

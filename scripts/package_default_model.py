@@ -11,8 +11,10 @@ docs/default-model.md between its ``fidelity:begin`` and ``fidelity:end`` marker
 
 Reads the EMA weights and card that ``refdiff train`` exported (the card already holds the
 reference mode, the guided transfer's constants and the one-step sampler), records the
-training data with its licences, the held-out images (docs/default-model-split.toml) and the
-scores, and writes refdiff_cli/weights/refdiff-small-x8.safetensors. It prints the new
+training data with its licences, the held-out images (docs/default-model-split.toml), the
+scores and, for a fine-tuned run (``init_from``), the stages it went through (the model it
+started from must still be at its ``init_from`` path, or be given with ``--stage1``), and
+writes refdiff_cli/weights/refdiff-small-x8.safetensors. It prints the new
 sha256: paste it into DEFAULT_MODEL_SHA256 in refdiff_cli/model/checkpoint.py, which pins it
 on every load.
 """
@@ -27,6 +29,7 @@ import re
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from refdiff_cli.model.checkpoint import DEFAULT_MODEL_PATH, load_model, save_model
 
@@ -70,11 +73,31 @@ def rewrite_doc(table: str) -> None:
     DOC.write_text(new, encoding="utf-8")
 
 
+def stages(training: dict[str, Any], stage1: Path | None) -> list[dict[str, Any]]:
+    """The training stages of a run: the model it was initialised from (if any), then itself."""
+    this = {
+        "steps": training["images_seen"] // training["config"]["batch_size"],
+        "config": training["config"],
+    }
+    init_from = training["config"].get("init_from")
+    if init_from is None:
+        return [this]
+    start = load_model(stage1 or Path(init_from), expected_sha256=training["init_from_sha256"])
+    before = start.card.training
+    first = {
+        "sha256": start.sha256,
+        "steps": before["images_seen"] // before["config"]["batch_size"],
+        "config": before["config"],
+    }
+    return [first, this]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--fidelity", type=Path, default=None, help="benchmarks/fidelity.py --json")
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH)
+    parser.add_argument("--stage1", type=Path, default=None, help="the init_from model")
     args = parser.parse_args()
 
     loaded = load_model(args.model)
@@ -95,6 +118,7 @@ def main() -> None:
             for dataset in sorted(images)
         },
         "held_out": held_out,
+        "stages": stages(card.training, args.stage1),
         "fidelity": results,
         "sampler_choice": "one deterministic Euler step from 0 at sigma_max: the network's "
         "estimate of the conditional mean (trained on mean items); no seed noise",

@@ -15,6 +15,7 @@ from refdiff_cli.config import (
     MaskGrid,
     StartName,
     TilingConfig,
+    UpscaleOptions,
 )
 from refdiff_cli.errors import ConfigError
 
@@ -264,11 +265,11 @@ def upscale_command(
     """
     from refdiff_cli.batch import run_batch
     from refdiff_cli.geo.write import check_creation_options
-    from refdiff_cli.upscale import UpscaleOutputOptions, load_engine
+    from refdiff_cli.upscale import load_engine
 
     check_creation_options(co, cog=cog)
 
-    options = UpscaleOutputOptions(
+    options = UpscaleOptions(
         engine=engine,
         model=model,
         model_sha256=model_sha256,
