@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 
 from refdiff_cli.change import (
@@ -15,17 +14,8 @@ from refdiff_cli.change import (
 )
 from refdiff_cli.data.degrade import downscale_bicubic
 from refdiff_cli.metrics import mask_counts, mask_scores
-from tests.conftest import SAMPLE_DATA
 
 SCALE = 8
-
-
-@pytest.fixture(scope="module")
-def hr() -> torch.Tensor:
-    """(1, 3, 256, 256) crop of the sample scene's ground truth, model space."""
-    with rasterio.open(SAMPLE_DATA / "hr.tif") as src:
-        values = src.read(window=((64, 320), (64, 320))).astype(np.float32)
-    return torch.from_numpy(values)[None] / 127.5 - 1.0
 
 
 def _estimate(

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import rasterio
 import torch
 
 from refdiff_cli.data.degrade import downscale_bicubic, upsample
 from refdiff_cli.guided import GuidedConfig, guided_transfer, register, shift_image
-from tests.conftest import SAMPLE_DATA
 
 SCALE = 8
-
-
-@pytest.fixture(scope="module")
-def hr() -> torch.Tensor:
-    """(1, 3, 256, 256) crop of the sample scene's ground truth, model space."""
-    with rasterio.open(SAMPLE_DATA / "hr.tif") as src:
-        values = src.read(window=((64, 320), (64, 320))).astype(np.float32)
-    return torch.from_numpy(values)[None] / 127.5 - 1.0
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
