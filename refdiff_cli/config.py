@@ -390,9 +390,9 @@ class TrainConfig:
         synthesis: overrides of ``SynthesisConfig`` for the synthesised references (e.g.
             {"blur_probability": 0.2}).
         init_from: a model file (``.safetensors`` from ``refdiff train``) whose weights the
-            run starts from (fine-tuning); its network, scale, bands and reference mode must
-            match the run's. None starts from random weights. Ignored on resume (the
-            checkpoint holds the weights).
+            run starts from (fine-tuning), or "default" for the bundled model; its network,
+            scale, bands and reference mode must match the run's. None starts from random
+            weights. Ignored on resume (the checkpoint holds the weights).
     """
 
     preset: str = "small"

@@ -50,6 +50,7 @@ from refdiff_cli.train_plan import (
     TrainReport,
     batch_indices,
     deterministic,
+    init_model_path,
     lr_at,
     resolve,
 )
@@ -173,7 +174,8 @@ class _Trainer:
 
     def _start_fresh(self) -> None:
         if self.config.init_from is not None:
-            start = load_model(Path(self.config.init_from), expected_sha256=self.plan.init_sha256)
+            path = init_model_path(self.config)
+            start = load_model(path, expected_sha256=self.plan.init_sha256)
             weights = start.denoiser.net.state_dict()
             self.net.load_state_dict(weights)
             self.ema.load_state_dict(weights)

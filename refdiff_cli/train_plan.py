@@ -19,7 +19,7 @@ from refdiff_cli.data.dataset import ChipDataset
 from refdiff_cli.engines import resolve_device
 from refdiff_cli.errors import ConfigError, InputError, ModelError
 from refdiff_cli.files import file_sha256
-from refdiff_cli.model.checkpoint import read_card
+from refdiff_cli.model.checkpoint import DEFAULT_MODEL_PATH, read_card
 from refdiff_cli.model.network import PRESETS, NetworkConfig
 from refdiff_cli.model.precond import MASK_CHANNELS
 from refdiff_cli.train_references import synthesis_config
@@ -175,6 +175,13 @@ def resolve(config: TrainConfig, chips: Path) -> TrainPlan:
     )
 
 
+def init_model_path(config: TrainConfig) -> Path | None:
+    """The model file ``init_from`` names: "default" is the bundled model; None without one."""
+    if config.init_from is None:
+        return None
+    return DEFAULT_MODEL_PATH if config.init_from == "default" else Path(config.init_from)
+
+
 def check_init_model(config: TrainConfig, network: NetworkConfig, *, bands: int) -> str | None:
     """The sha256 of ``config.init_from`` once its card fits the run, or None without one.
 
@@ -183,9 +190,9 @@ def check_init_model(config: TrainConfig, network: NetworkConfig, *, bands: int)
         ConfigError: its network, scale, bands, reference mode, target or sigma_data differ
             (exit 2).
     """
-    if config.init_from is None:
+    path = init_model_path(config)
+    if path is None:
         return None
-    path = Path(config.init_from)
     card = read_card(path)
     try:
         theirs = NetworkConfig.from_dict(card.network)

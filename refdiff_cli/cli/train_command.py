@@ -130,12 +130,12 @@ def train_command(
         ),
     ] = None,
     init_from: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--init-from",
-            help="Start from this model's weights (fine-tuning, e.g. the bundled model on your "
-            "own imagery); its network, scale, bands and reference mode must match the run's.",
-            dir_okay=False,
+            help="Start from this model's weights (fine-tuning): a .safetensors file, or "
+            "'default' for the bundled model; its network, scale, bands and reference mode "
+            "must match the run's.",
         ),
     ] = None,
     dry_run: Annotated[
@@ -168,7 +168,7 @@ def train_command(
             "precision": precision,
             "checkpoint_every": checkpoint_every,
             "val_every": val_every,
-            "init_from": None if init_from is None else str(init_from),
+            "init_from": init_from,
         },
     )
     if dry_run:

@@ -24,7 +24,7 @@ from refdiff_cli.model.precond import EDMPrecond
 DEFAULT_MODEL_PATH = (
     Path(__file__).resolve().parent.parent / "weights" / "refdiff-small-x8.safetensors"
 )
-DEFAULT_MODEL_SHA256 = "f76af29cac4ccf561333cfd1c21d6752944ed39953b73db810a3ff95e668b32a"
+DEFAULT_MODEL_SHA256 = "bdd947bb2dc2eb611b0db68ea7ca999193dd369f8fe047fdde6b499ab7b3bfad"
 
 #: safetensors headers are JSON objects; larger headers than this are not model files.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024

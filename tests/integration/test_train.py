@@ -615,6 +615,18 @@ def test_init_from_starts_at_that_models_weights_and_records_it(
         "train",
         chips,
         "-o",
+        tmp_path / "fifth",
+        "--init-from",
+        "default",
+        "--crop",
+        "32",
+        "--dry-run",
+    )
+    assert code == 2 and "refdiff-small-x8.safetensors cannot start this run" in err
+    code, _, err = cli(
+        "train",
+        chips,
+        "-o",
         tmp_path / "fourth",
         "--init-from",
         chips / "missing.safetensors",
