@@ -15,6 +15,7 @@ from refdiff_cli.engines import Engine
 from refdiff_cli.errors import (
     EXIT_OK,
     EXIT_PARTIAL_BATCH,
+    ConfigError,
     InputError,
     Interrupted,
     OutputError,
@@ -34,7 +35,10 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ItemResult:
-    """Outcome of one job: ``status`` is "written", "dry-run", "skipped" or "failed"."""
+    """Outcome of one job: ``status`` is "written", "dry-run", "skipped" or "failed".
+
+    ``error`` is the exception of a failed job (for ``api.upscale`` to raise; not in JSON).
+    """
 
     lr: Path
     output: Path
@@ -44,6 +48,7 @@ class ItemResult:
     error_class: str | None = None
     message: str | None = None
     report: UpscaleReport | None = None
+    error: RefdiffError | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -201,6 +206,13 @@ def output_names(lrs: Sequence[Path], folder: Path) -> list[Path]:
     return [folder / name for name in names]
 
 
+def check_mask_out(mask_out: Path, output: Path) -> None:
+    """``--mask-out`` must be a valid file name other than the output's; ConfigError else."""
+    check_output_name(mask_out)
+    if mask_out.resolve() == output.resolve():
+        raise ConfigError(f"--mask-out {mask_out} is the output itself; name another file")
+
+
 def run_batch(
     jobs: Sequence[UpscaleJob],
     engine: Engine,
@@ -259,6 +271,7 @@ def run_batch(
                     exit_code=exc.exit_code,
                     error_class=type(exc).__name__,
                     message=str(exc),
+                    error=exc,
                 )
             )
     return BatchReport(items=tuple(results))

@@ -7,6 +7,7 @@ from typing import Annotated, Literal, cast
 
 import typer
 
+from refdiff_cli import api
 from refdiff_cli.cli import options as shared
 from refdiff_cli.cli import render
 from refdiff_cli.cli.upscale_command import parse_bands
@@ -176,10 +177,7 @@ def evaluate_command(
 
     Example: refdiff evaluate data/levir --scale 8 --methods bicubic,ref,hpf --json
     """
-    from refdiff_cli.evaluate import evaluate
-    from refdiff_cli.evaluate_options import EvalOptions
-
-    options = EvalOptions(
+    options = dict(
         methods=parse_methods(methods),
         sr_dirs=parse_sr_dirs(sr_dir),
         layout=layout,
@@ -212,7 +210,7 @@ def evaluate_command(
     verbosity = ctx.obj["verbosity"] if ctx.obj else 0
     progress = render.ProgressRenderer(enabled=verbosity >= 0)
     try:
-        report = evaluate(dataset, options, on_event=progress)
+        report = api.evaluate(dataset, on_event=progress, **options)
     finally:
         progress.close()
     if as_json:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, cast
 
 import typer
 
+from refdiff_cli import api
 from refdiff_cli.cli import options as shared
 from refdiff_cli.cli import render
 from refdiff_cli.config import (
@@ -15,7 +16,6 @@ from refdiff_cli.config import (
     MaskGrid,
     StartName,
     TilingConfig,
-    UpscaleOptions,
 )
 from refdiff_cli.errors import ConfigError
 
@@ -64,7 +64,7 @@ def resolve_jobs(
     mask_out: Path | None = None,
 ) -> list[Any]:
     """Turn positional inputs or a list file into upscale jobs with explicit output paths."""
-    from refdiff_cli.batch import jobs_from_list, output_names
+    from refdiff_cli.batch import check_mask_out, jobs_from_list, output_names
     from refdiff_cli.geo.write import check_output_name
     from refdiff_cli.upscale import UpscaleJob
 
@@ -93,9 +93,7 @@ def resolve_jobs(
     else:
         outputs = [output]
     if mask_out is not None:
-        check_output_name(mask_out)
-        if mask_out.resolve() == output.resolve():
-            raise ConfigError(f"--mask-out {mask_out} is the output itself; name another file")
+        check_mask_out(mask_out, output)
     return [
         UpscaleJob(lr=p, ref=ref, mask=mask, output=o, mask_out=mask_out)
         for p, o in zip(lr, outputs, strict=True)
@@ -263,13 +261,7 @@ def upscale_command(
     Example: refdiff upscale lr.tif --ref ref.tif --mask cd.tif -o out.tif
     (without --mask, the change mask is estimated; --mask-out writes it)
     """
-    from refdiff_cli.batch import run_batch
-    from refdiff_cli.geo.write import check_creation_options
-    from refdiff_cli.upscale import load_engine
-
-    check_creation_options(co, cog=cog)
-
-    options = UpscaleOptions(
+    options = api.upscale_options(
         engine=engine,
         model=model,
         model_sha256=model_sha256,
@@ -300,9 +292,8 @@ def upscale_command(
     jobs = resolve_jobs(lr, ref, mask, output, from_list, mask_out)
     verbosity = ctx.obj["verbosity"] if ctx.obj else 0
     progress = render.ProgressRenderer(enabled=verbosity >= 0 and not dry_run)
-    engine_ = load_engine(options)
     try:
-        report = run_batch(jobs, engine_, options, on_event=progress)
+        report = api.run_upscale(jobs, options, on_event=progress)
     finally:
         progress.close()
     if as_json:

@@ -18,6 +18,7 @@ GEO_ONLY = {"rasterio", "affine", "pyproj", "shapely"}
 LAYERS: dict[str, int] = {
     "__init__": 0,
     "__main__": 4,
+    "api": 4,
     "errors": 0,
     "config": 0,
     "events": 0,
