@@ -49,7 +49,7 @@ __all__ = [
 #: A file path as the API accepts it.
 PathLike = str | os.PathLike[str]
 #: The keys of a job given as a mapping to ``upscale_batch``.
-JOB_KEYS = ("lr", "ref", "mask", "output", "mask_out")
+JOB_KEYS = ("lr", "ref", "mask", "output", "mask_out", "trust_out")
 
 
 def upscale(
@@ -59,6 +59,7 @@ def upscale(
     *,
     out: PathLike,
     mask_out: PathLike | None = None,
+    trust_out: PathLike | None = None,
     on_event: EventHandler = ignore_event,
     **options: Any,
 ) -> UpscaleReport:
@@ -70,6 +71,8 @@ def upscale(
             disagrees with the LR (``change.py``), as ``refdiff upscale`` without ``--mask``.
         out: the output GeoTIFF (on the LR's grid, ``scale`` times finer pixels).
         mask_out: also write the mask used (given or estimated) there, on the output grid.
+        trust_out: also write the trust layers there (``trust.py``: reference weight and
+            uncertainty), on the output grid.
         on_event: called with ``events.Started`` / ``events.Progress`` (tiles done).
         **options: ``UpscaleOptions`` fields, e.g. ``engine="guided"``, ``seed=1``,
             ``bands=(3, 2, 1)``, ``tiling={"tile_px": 256}``, ``overwrite=True``.
@@ -87,11 +90,11 @@ def upscale(
             "upscale(): skip_existing reports skipped items, which only upscale_batch() returns",
             hint="use upscale_batch([...], skip_existing=True), or overwrite=True",
         )
-    from refdiff_cli.batch import check_mask_out
+    from refdiff_cli.batch import check_layer_outputs
 
-    job = _job({"lr": lr, "ref": ref, "mask": mask, "output": out, "mask_out": mask_out})
-    if job.mask_out is not None:
-        check_mask_out(job.mask_out, job.output)
+    paths = {"lr": lr, "ref": ref, "mask": mask, "output": out}
+    job = _job({**paths, "mask_out": mask_out, "trust_out": trust_out})
+    check_layer_outputs(job.output, mask_out=job.mask_out, trust_out=job.trust_out)
     item = run_upscale([job], upscale_options(**options), on_event=on_event).items[0]
     if item.error is not None:
         raise item.error
@@ -109,7 +112,7 @@ def upscale_batch(
 
     Args:
         jobs: ``upscale.UpscaleJob`` objects, or mappings with the keys ``lr``, ``ref``,
-            ``output`` and optionally ``mask`` and ``mask_out`` (paths).
+            ``output`` and optionally ``mask``, ``mask_out`` and ``trust_out`` (paths).
         on_event: progress callback, as for ``upscale``.
         **options: ``UpscaleOptions`` fields, as for ``upscale`` (``skip_existing=True``
             skips outputs complete with the same parameters).

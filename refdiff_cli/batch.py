@@ -206,11 +206,19 @@ def output_names(lrs: Sequence[Path], folder: Path) -> list[Path]:
     return [folder / name for name in names]
 
 
-def check_mask_out(mask_out: Path, output: Path) -> None:
-    """``--mask-out`` must be a valid file name other than the output's; ConfigError else."""
-    check_output_name(mask_out)
-    if mask_out.resolve() == output.resolve():
-        raise ConfigError(f"--mask-out {mask_out} is the output itself; name another file")
+def check_layer_outputs(output: Path, **layers: Path | None) -> None:
+    """``--mask-out`` / ``--trust-out`` (keyword ``mask_out`` / ``trust_out``) must be valid
+    file names, other than the output's and each other's; ConfigError else."""
+    taken = {output.resolve(): "the output"}
+    for name, path in layers.items():
+        if path is None:
+            continue
+        option = "--" + name.replace("_", "-")
+        check_output_name(path)
+        clash = taken.get(path.resolve())
+        if clash is not None:
+            raise ConfigError(f"{option} {path} is {clash} itself; name another file")
+        taken[path.resolve()] = option
 
 
 def run_batch(

@@ -22,7 +22,7 @@ from refdiff_cli.data.normalize import Normalization
 from refdiff_cli.diffusion.noise import PixelNoise, make_noise_fn
 from refdiff_cli.diffusion.sampler import initial_state, sample
 from refdiff_cli.errors import ConfigError
-from refdiff_cli.guided import GuidedConfig, guided_transfer
+from refdiff_cli.guided import GuidedConfig, GuidedResult, guided_transfer
 from refdiff_cli.model.checkpoint import LoadedModel
 from refdiff_cli.model.precond import (
     Conditioning,
@@ -73,6 +73,10 @@ class Engine(Protocol):
 
     def __call__(self, batch: EngineBatch) -> torch.Tensor:
         """Return (B, C, H, W) float32 outputs in model space."""
+        ...
+
+    def reference_weight(self, batch: EngineBatch) -> torch.Tensor:
+        """(B, 1, H, W) how much of each output pixel is the reference's detail (``trust.py``)."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -136,6 +140,9 @@ class BicubicEngine:
         # Not clamped: values beyond the stretch's percentiles are real data here.
         return upsample(batch.lr.float(), self.scale, clamp=False)
 
+    def reference_weight(self, batch: EngineBatch) -> torch.Tensor:
+        return torch.zeros_like(batch.mask[:, :1], dtype=torch.float32)
+
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "scale": self.scale}
 
@@ -163,18 +170,24 @@ class GuidedEngine(BicubicEngine):
         self.margin_px = reach // 2
 
     def __call__(self, batch: EngineBatch) -> torch.Tensor:
-        estimate = guided_transfer(
+        estimate = self._transfer(batch).estimate
+        if self.ref_strength == 1.0:
+            return estimate
+        lr_up = upsample(batch.lr.float(), self.scale, clamp=False)
+        return lr_up + self.ref_strength * (estimate - lr_up)
+
+    def reference_weight(self, batch: EngineBatch) -> torch.Tensor:
+        return self.ref_strength * self._transfer(batch).weight
+
+    def _transfer(self, batch: EngineBatch) -> GuidedResult:
+        return guided_transfer(
             batch.lr.float(),
             batch.ref.float(),
             mask=batch.mask.float(),
             ref_valid=batch.ref_valid,
             scale=self.scale,
             config=self.config,
-        ).estimate
-        if self.ref_strength == 1.0:
-            return estimate
-        lr_up = upsample(batch.lr.float(), self.scale, clamp=False)
-        return lr_up + self.ref_strength * (estimate - lr_up)
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -271,6 +284,16 @@ class DiffusionEngine:
                 f"the model produced non-finite values for the tiles at {batch.origins}"
             )
         return image_from_target(out, prepared.base, self.target).float().cpu()
+
+    @torch.no_grad()
+    def reference_weight(self, batch: EngineBatch) -> torch.Tensor:
+        """The guided trust weight (reference "guided"), or 1 - M where there is a reference."""
+        mask = batch.mask.to(self.device, torch.float32)
+        if self.reference == "guided":
+            weight = self._prepare(batch, mask).cond.mask[:, 1:2]
+        else:
+            weight = (1 - mask[:, :1]) * batch.ref_valid.to(self.device)
+        return (self.ref_strength * weight).float().cpu()
 
     def _prepare(self, batch: EngineBatch, mask: torch.Tensor) -> Prepared:
         return prepare_conditions(

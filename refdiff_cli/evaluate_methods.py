@@ -123,6 +123,9 @@ class RefEngine(BicubicEngine):
         lr_up = super().__call__(batch)  # (B, C, H, W)
         return torch.where(batch.ref_valid, batch.ref.float(), lr_up)
 
+    def reference_weight(self, batch: EngineBatch) -> torch.Tensor:
+        return batch.ref_valid.float()
+
 
 class HighPassEngine(BicubicEngine):
     """LR_up plus the reference's high-pass detail in unchanged areas (pan-sharpening transfer).
@@ -145,8 +148,10 @@ class HighPassEngine(BicubicEngine):
         ref = batch.ref.double()  # (B, C, H, W)
         lr_up = upsample(batch.lr.double(), s, clamp=False)  # (B, C, H, W)
         ref_low = upsample(downscale_bicubic(ref, s), s, clamp=False)  # (B, C, H, W)
-        unchanged = (batch.mask <= 0) & batch.ref_valid  # (B, 1, H, W)
-        return (lr_up + unchanged.double() * (ref - ref_low)).float()
+        return (lr_up + self.reference_weight(batch).double() * (ref - ref_low)).float()
+
+    def reference_weight(self, batch: EngineBatch) -> torch.Tensor:
+        return ((batch.mask[:, :1] <= 0) & batch.ref_valid).float()  # (B, 1, H, W)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -229,6 +234,18 @@ def fit_sr(
     )
 
 
+def sample_reader(sample: Sample) -> ArrayReader:
+    """The tile reader of an in-memory sample (its arrays and validity)."""
+    return ArrayReader(
+        sample.lr,
+        sample.ref,
+        sample.mask,
+        lr_valid=sample.lr_valid,
+        ref_valid=sample.ref_valid,
+        mask_valid=sample.mask_valid,
+    )
+
+
 def array_space(sample: Sample, engine: Engine) -> ModelSpace:
     """Upscale's model-space rule on in-memory arrays: ``scaling_for`` of the band percentiles."""
     levels = engine.normalization.percentiles
@@ -270,16 +287,8 @@ def engine_sr(
                 f"{sample.name}: the images have {bands} band(s); the model takes {engine.bands}",
                 hint="evaluate a model trained on these bands",
             )
-        reader = ArrayReader(
-            sample.lr,
-            sample.ref,
-            sample.mask,
-            lr_valid=sample.lr_valid,
-            ref_valid=sample.ref_valid,
-            mask_valid=sample.mask_valid,
-        )
         strips = sr_strips(
-            reader,
+            sample_reader(sample),
             engine,
             plan,
             dataclasses.replace(array_space(sample, engine), mask_mode=mask_mode),
@@ -327,14 +336,19 @@ def estimated_masks(sample: Sample, scale: int, options: UpscaleOptions) -> dict
     shape = (sample.hr.shape[1], sample.hr.shape[2])
     plan = tile_plan(shape, engine, options)
     bands = sample.lr.shape[0]
-    reader = ArrayReader(
-        sample.lr, sample.ref, sample.mask, lr_valid=sample.lr_valid, ref_valid=sample.ref_valid
-    )
     space = dataclasses.replace(array_space(sample, engine), mask_mode="estimated")
     estimated = np.zeros(shape, dtype=bool)
-    for strip in sr_strips(
-        reader, engine, plan, space, seed=0, batch_size=4, block_rows=BLOCK_ROWS, with_mask=True
-    ):
+    strips = sr_strips(
+        sample_reader(sample),
+        engine,
+        plan,
+        space,
+        seed=0,
+        batch_size=4,
+        block_rows=BLOCK_ROWS,
+        layers=("mask",),
+    )
+    for strip in strips:
         rows = slice(strip.row_off, strip.row_off + strip.values.shape[1])
         estimated[rows] = strip.values[bands] >= 0.5
     lr = np.where(sample.lr_valid[None], normalize.to_model(sample.lr, space.lr), 0.0)

@@ -45,6 +45,7 @@ from refdiff_cli.tiling import (
     batches,
     plan_tiles,
 )
+from refdiff_cli.trust import uncertainty
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BICUBIC_SCALE = 8
 #: Nodata value of ``--mask-out`` files (0 unchanged, 1 changed).
 MASK_OUT_NODATA = 255
+#: Per-pixel layers ``sr_strips`` can append to the image (``--mask-out``, ``--trust-out``).
+Layer = Literal["mask", "weight", "uncertainty"]
 #: Where a run's change mask comes from (``ModelSpace.mask_mode``).
 MaskMode = Literal["file", "estimated", "none"]
 #: Fixed overhead of a run (Python, torch, GDAL's code) in the dry-run memory estimate where
@@ -85,6 +88,9 @@ class UpscaleJob:
             (``change.py``).
         mask_out: where to write the mask the run used (given or estimated) on the output
             grid, uint8 0 unchanged / 1 changed / 255 nodata; None writes none.
+        trust_out: where to write the trust layers (``trust.py``) on the output grid,
+            float32: band 1 the reference weight, band 2 the uncertainty in output units,
+            NaN nodata; None writes none.
     """
 
     lr: Path
@@ -92,6 +98,7 @@ class UpscaleJob:
     mask: Path | None
     output: Path
     mask_out: Path | None = None
+    trust_out: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -113,6 +120,7 @@ class UpscaleReport:
     mask_coverage: float
     mask_source: str  # "file" or "estimated"
     mask_out: Path | None  # where the mask used was written (--mask-out)
+    trust_out: Path | None  # where the trust layers were written (--trust-out)
     seconds: float
     output_bytes_raw: int
     peak_memory_estimate_bytes: int
@@ -216,12 +224,16 @@ def upscale(
     n_bands = len(checked.lr_bands)
     dtype, nodata_override = output_type(checked.lr.dtype, options)
     raw_bytes = out_grid.width * out_grid.height * n_bands * dtype.itemsize
+    inputs = [p for p in (job.lr, job.ref, job.mask) if p is not None]
     free = write.preflight_output(
-        job.output,
-        inputs=[p for p in (job.lr, job.ref, job.mask) if p is not None],
-        overwrite=options.overwrite,
-        raw_bytes=raw_bytes,
+        job.output, inputs=inputs, overwrite=options.overwrite, raw_bytes=raw_bytes
     )
+    pixels = out_grid.width * out_grid.height
+    for layer_path, layer_bytes in ((job.mask_out, pixels), (job.trust_out, 8 * pixels)):
+        if layer_path is not None:
+            write.preflight_output(
+                layer_path, inputs=inputs, overwrite=options.overwrite, raw_bytes=layer_bytes
+            )
     sources = read.decode_sources(checked, percentiles=engine.normalization.percentiles)
     space = model_space(sources, options.mask_encoding)
     report = UpscaleReport(
@@ -240,6 +252,7 @@ def upscale(
         mask_coverage=sources.mask_coverage,
         mask_source="estimated" if sources.mask is None else "file",
         mask_out=job.mask_out,
+        trust_out=job.trust_out,
         seconds=0.0,
         output_bytes_raw=raw_bytes,
         peak_memory_estimate_bytes=memory_estimate(
@@ -285,9 +298,16 @@ def upscale(
         read.SourceReader(sources, out_grid) as reader,
         contextlib.ExitStack() as extra,
     ):
-        mask_writer = None
+        mask_writer = trust_writer = None
+        layers: tuple[Layer, ...] = ()
         if job.mask_out is not None:
-            mask_writer = extra.enter_context(mask_out_writer(job.mask_out, out_grid, options))
+            mask_writer = extra.enter_context(layer_writer("mask", job.mask_out, out_grid, options))
+            layers += ("mask",)
+        if job.trust_out is not None:
+            trust_writer = extra.enter_context(
+                layer_writer("trust", job.trust_out, out_grid, options)
+            )
+            layers += ("weight", "uncertainty")
 
         def progress(done: int) -> None:
             on_event(Progress(task=job.output.name, done=done, total=len(plan.tiles)))
@@ -301,34 +321,60 @@ def upscale(
             batch_size=options.batch_size,
             block_rows=writer.block_rows,
             on_tiles=progress,
-            with_mask=mask_writer is not None,
+            layers=layers,
         )
         for strip in strips:
             values, n_clamped = normalize.cast_to_dtype(strip.values[:n_bands], dtype)
             clamped += n_clamped
             normalize.reserve_nodata(values, strip.valid, nodata)
             writer.write_strip(strip.row_off, values, strip.valid)
+            extra_values = dict(zip(layers, strip.values[n_bands:], strict=True))
             if mask_writer is not None:
-                used = mask_values(strip.values[n_bands], strip.valid)
+                used = mask_values(extra_values["mask"], strip.valid)
                 mask_writer.write_strip(strip.row_off, used[None], strip.valid)
+            if trust_writer is not None:
+                trust = np.stack([extra_values["weight"], extra_values["uncertainty"]])
+                trust[:, ~strip.valid] = np.nan
+                trust_writer.write_strip(strip.row_off, trust.astype(np.float32), strip.valid)
         if clamped:
             logger.info("%d output values were clamped to the %s range", clamped, dtype.name)
         writer.finalize(tags, before_publish=lambda: check_inputs_unchanged(sources))
         if mask_writer is not None:
             mask_writer.finalize({**tags, "REFDIFF_LAYER": "change mask used"})
+        if trust_writer is not None:
+            trust_writer.finalize({**tags, "REFDIFF_LAYER": "trust: reference weight, uncertainty"})
     seconds = time.monotonic() - started
     return dataclasses.replace(report, status="written", seconds=seconds, clamped_values=clamped)
 
 
-def mask_out_writer(path: Path, grid: geogrid.Grid, options: UpscaleOptions) -> write.RasterWriter:
-    """The writer of ``--mask-out``: one uint8 band, 0 unchanged / 1 changed / 255 nodata."""
+#: The layer files beside the output: (bands, data type, nodata, band descriptions).
+LAYER_FILES: dict[str, tuple[int, str, float, tuple[str, ...]]] = {
+    "mask": (1, "uint8", MASK_OUT_NODATA, ("change mask (1 = changed)",)),
+    "trust": (
+        2,
+        "float32",
+        float("nan"),
+        (
+            "reference weight (0 LR only, 1 reference detail)",
+            "uncertainty (expected absolute error, output units)",
+        ),
+    ),
+}
+
+
+def layer_writer(
+    kind: str, path: Path, grid: geogrid.Grid, options: UpscaleOptions
+) -> write.RasterWriter:
+    """The writer of ``--mask-out`` ("mask": uint8, 0 unchanged / 1 changed / 255 nodata) or
+    ``--trust-out`` ("trust": float32, reference weight and uncertainty, NaN nodata)."""
+    count, dtype, nodata, descriptions = LAYER_FILES[kind]
     return write.RasterWriter(
         path,
         grid,
-        count=1,
-        dtype=np.dtype(np.uint8),
-        nodata=MASK_OUT_NODATA,
-        band_descriptions=("change mask (1 = changed)",),
+        count=count,
+        dtype=np.dtype(dtype),
+        nodata=nodata,
+        band_descriptions=descriptions,
         creation_options=options.creation_options,
         overwrite=options.overwrite,
         cog=options.cog,
@@ -467,7 +513,7 @@ def sr_strips(
     batch_size: int,
     block_rows: int,
     on_tiles: Callable[[int], None] | None = None,
-    with_mask: bool = False,
+    layers: tuple[Layer, ...] = (),
 ) -> Iterator[Strip]:
     """The tiled pipeline shared by upscale and evaluate: finished strips of the SR in LR values.
 
@@ -480,23 +526,31 @@ def sr_strips(
         batch_size: tiles per engine call (the result does not depend on it).
         block_rows: strips are multiples of this many rows (the output's block height).
         on_tiles: called with the number of tiles done after every batch.
-        with_mask: append the change mask the engine was given (blended like the image,
-            0..1) as one more channel.
+        layers: channels appended after the image's, blended like it, in this order: "mask"
+            (the change mask the engine was given, 0..1), "weight" (the reference weight,
+            ``trust.py``), "uncertainty" (``trust.uncertainty``, output units).
 
     Yields:
         Strips (values (C, rows, W) float32 in LR values, validity (rows, W)), top to bottom.
     """
     check_mask_channel(engine, space)
-    channels = space.lr.bands + (1 if with_mask else 0)
-    accumulator = StripAccumulator(plan, channels, block_rows=block_rows)
+    accumulator = StripAccumulator(plan, space.lr.bands + len(layers), block_rows=block_rows)
+    low, high = np.asarray(space.lr.low), np.asarray(space.lr.high)
+    units_per_model_unit = float(np.mean((high - low) / 2))
     done = 0
     for tile_batch in batches(plan.tiles, batch_size):
         batch, lr_valid = _engine_batch(tile_batch, reader, engine.scale, seed, space)
         out = _call_padded(engine, batch).numpy()  # (B, C, H, W) model space
+        extra: dict[str, torch.Tensor] = {"mask": batch.mask[:, :1]}
+        if {"weight", "uncertainty"} & set(layers):
+            extra["weight"] = engine.reference_weight(batch)  # (B, 1, H, W)
+            extra["uncertainty"] = units_per_model_unit * uncertainty(
+                batch.lr, extra["weight"], engine.scale
+            )
         for i, (tile, valid) in enumerate(zip(tile_batch, lr_valid, strict=True)):
             values = normalize.from_model(out[i], space.lr)  # (C, H, W)
-            if with_mask:
-                values = np.concatenate([values, batch.mask[i, :1].numpy()])
+            if layers:
+                values = np.concatenate([values, *(extra[name][i].numpy() for name in layers)])
             yield from accumulator.add(tile, values, valid)
         done += len(tile_batch)
         if on_tiles is not None:

@@ -24,6 +24,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "refdiff"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO_ROOT / "sample_data"
+#: ``refdiff upscale`` arguments for the sample scene: its LR, ``--ref`` and ``--mask``.
+SAMPLE_INPUTS = [
+    str(SAMPLE_DATA / "lr.tif"),
+    "--ref",
+    str(SAMPLE_DATA / "ref.tif"),
+    "--mask",
+    str(SAMPLE_DATA / "cd.tif"),
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -62,17 +62,19 @@ def resolve_jobs(
     output: Path | None,
     from_list: Path | None,
     mask_out: Path | None = None,
+    trust_out: Path | None = None,
 ) -> list[Any]:
     """Turn positional inputs or a list file into upscale jobs with explicit output paths."""
-    from refdiff_cli.batch import check_mask_out, jobs_from_list, output_names
+    from refdiff_cli.batch import check_layer_outputs, jobs_from_list, output_names
     from refdiff_cli.geo.write import check_output_name
     from refdiff_cli.upscale import UpscaleJob
 
     if from_list is not None:
         if lr or ref or mask:
             raise ConfigError("--from-list replaces LR, --ref and --mask; give one or the other")
-        if mask_out is not None:
-            raise ConfigError("--mask-out names one file: use it without --from-list")
+        if mask_out is not None or trust_out is not None:
+            option = "--mask-out" if mask_out is not None else "--trust-out"
+            raise ConfigError(f"{option} names one file: use it without --from-list")
         return jobs_from_list(from_list, output_dir=output)
     if not lr:
         raise ConfigError("no input: give LR raster(s) with --ref, or --from-list FILE")
@@ -87,15 +89,15 @@ def resolve_jobs(
     if len(lr) > 1 or output.is_dir():
         if not output.is_dir():
             raise ConfigError(f"-o {output}: with several inputs, -o must be an existing folder")
-        if mask_out is not None:
-            raise ConfigError("--mask-out names one file: use it with one LR input and -o FILE")
+        if mask_out is not None or trust_out is not None:
+            option = "--mask-out" if mask_out is not None else "--trust-out"
+            raise ConfigError(f"{option} names one file: use it with one LR input and -o FILE")
         outputs = output_names(lr, output)
     else:
         outputs = [output]
-    if mask_out is not None:
-        check_mask_out(mask_out, output)
+    check_layer_outputs(output, mask_out=mask_out, trust_out=trust_out)
     return [
-        UpscaleJob(lr=p, ref=ref, mask=mask, output=o, mask_out=mask_out)
+        UpscaleJob(lr=p, ref=ref, mask=mask, output=o, mask_out=mask_out, trust_out=trust_out)
         for p, o in zip(lr, outputs, strict=True)
     ]
 
@@ -130,6 +132,16 @@ def upscale_command(
             "--mask-out",
             help="Also write the change mask the run used (given or estimated) on the output "
             "grid: uint8, 0 unchanged, 1 changed, 255 nodata.",
+            dir_okay=False,
+        ),
+    ] = None,
+    trust_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--trust-out",
+            help="Also write the trust layers on the output grid (float32, NaN nodata): band 1 "
+            "the reference's weight in each pixel (0 LR only, 1 reference detail), band 2 the "
+            "uncertainty (expected absolute error, output units).",
             dir_okay=False,
         ),
     ] = None,
@@ -289,7 +301,7 @@ def upscale_command(
         dtype=dtype,
         nodata=parse_nodata(nodata),
     )
-    jobs = resolve_jobs(lr, ref, mask, output, from_list, mask_out)
+    jobs = resolve_jobs(lr, ref, mask, output, from_list, mask_out, trust_out)
     verbosity = ctx.obj["verbosity"] if ctx.obj else 0
     progress = render.ProgressRenderer(enabled=verbosity >= 0 and not dry_run)
     try:

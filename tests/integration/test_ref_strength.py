@@ -8,19 +8,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.conftest import SAMPLE_DATA, run_cli
-
-INPUTS = [
-    str(SAMPLE_DATA / "lr.tif"),
-    "--ref",
-    str(SAMPLE_DATA / "ref.tif"),
-    "--mask",
-    str(SAMPLE_DATA / "cd.tif"),
-]
+from tests.conftest import SAMPLE_DATA, SAMPLE_INPUTS, run_cli
 
 
 def upscale(out: Path, *extra: str) -> np.ndarray:
-    result = run_cli(["upscale", *INPUTS, "-o", str(out), *extra])
+    result = run_cli(["upscale", *SAMPLE_INPUTS, "-o", str(out), *extra])
     assert result.returncode == 0, result.stderr
     with rasterio.open(out) as src:
         return src.read().astype(np.float64)
@@ -44,7 +36,7 @@ def test_model_strength_zero_is_the_model_without_a_reference(tmp_path: Path) ->
         profile, shape = src.profile, src.shape
     with rasterio.open(changed, "w", **profile) as dst:
         dst.write(np.ones((1, *shape), np.uint8))
-    inputs = [*INPUTS[:-1], str(changed)]
+    inputs = [*SAMPLE_INPUTS[:-1], str(changed)]
     result = run_cli(["upscale", *inputs, "-o", str(tmp_path / "off.tif"), "--engine", "diffusion"])
     assert result.returncode == 0, result.stderr
     with rasterio.open(tmp_path / "off.tif") as src:
@@ -67,6 +59,6 @@ def test_model_strength_zero_is_the_model_without_a_reference(tmp_path: Path) ->
     ],
 )
 def test_bad_strengths_exit_2(tmp_path: Path, extra: list[str], needle: str) -> None:
-    result = run_cli(["upscale", *INPUTS, "-o", str(tmp_path / "x.tif"), *extra])
+    result = run_cli(["upscale", *SAMPLE_INPUTS, "-o", str(tmp_path / "x.tif"), *extra])
     assert result.returncode == 2 and needle in result.stderr.splitlines()[-1]
     assert not (tmp_path / "x.tif").exists()

@@ -21,16 +21,7 @@ from refdiff_cli.files import file_sha256
 from refdiff_cli.model.checkpoint import load_model, save_model
 from refdiff_cli.tiling import TilePlan, plan_tiles
 from refdiff_cli.upscale import ModelSpace, sr_strips
-from tests.conftest import SAMPLE_DATA, run_cli, write_tiny_model
-
-SAMPLE = [
-    str(SAMPLE_DATA / "lr.tif"),
-    "--ref",
-    str(SAMPLE_DATA / "ref.tif"),
-    "--mask",
-    str(SAMPLE_DATA / "cd.tif"),
-]
-
+from tests.conftest import SAMPLE_DATA, SAMPLE_INPUTS, run_cli, write_tiny_model
 
 #: The sample's LR cropped to its top-left 12 x 12 px: a 96 x 96 output, 4 tiles of 64 px.
 SMALL_LR_PX = 12
@@ -38,7 +29,7 @@ SMALL_LR_PX = 12
 
 @pytest.fixture(scope="module")
 def small_sample(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """SAMPLE with the LR cut to SMALL_LR_PX (the reference and mask cover more: fine)."""
+    """SAMPLE_INPUTS with the LR cut to SMALL_LR_PX (the reference and mask cover more: fine)."""
     from rasterio.windows import Window
 
     path = tmp_path_factory.mktemp("small") / "lr.tif"
@@ -48,7 +39,7 @@ def small_sample(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         profile["transform"] = src.window_transform(window)
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(src.read(window=window))
-    return [str(path), *SAMPLE[1:]]
+    return [str(path), *SAMPLE_INPUTS[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +47,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", lively=True)
 
 
-def upscale(model: Path, out: Path, *extra: str, sample: list[str] = SAMPLE) -> np.ndarray:
+def upscale(model: Path, out: Path, *extra: str, sample: list[str] = SAMPLE_INPUTS) -> np.ndarray:
     result = run_cli(
         [
             "upscale",
@@ -105,9 +96,8 @@ def test_diffusion_upscale_runs_and_is_deterministic_for_any_batch_size(
 
 def test_a_pinned_sha256_that_differs_is_refused(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "sr.tif"
-    result = run_cli(
-        ["upscale", *SAMPLE, "-o", str(out), "--model", str(model), "--model-sha256", "0" * 64]
-    )
+    pinned = ["--model", str(model), "--model-sha256", "0" * 64]
+    result = run_cli(["upscale", *SAMPLE_INPUTS, "-o", str(out), *pinned])
     assert result.returncode == 3
     assert "sha256" in result.stderr
     assert not out.exists()
@@ -116,7 +106,7 @@ def test_a_pinned_sha256_that_differs_is_refused(model: Path, tmp_path: Path) ->
 def test_a_model_for_another_scale_is_refused(tmp_path: Path) -> None:
     model = write_tiny_model(tmp_path / "x16.safetensors", scale=16, tile_px=64)
     out = tmp_path / "sr.tif"
-    result = run_cli(["upscale", *SAMPLE, "-o", str(out), "--model", str(model)])
+    result = run_cli(["upscale", *SAMPLE_INPUTS, "-o", str(out), "--model", str(model)])
     assert result.returncode == 3
     assert "x16" in result.stderr
     assert not out.exists()
@@ -262,9 +252,8 @@ def test_a_mask_read_otherwise_than_the_model_was_trained_is_refused(
     model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "sr.tif"
-    result = run_cli(
-        ["upscale", *SAMPLE, "-o", str(out), "--model", str(model), "--mask-encoding", "grey"]
-    )
+    grey = ["--model", str(model), "--mask-encoding", "grey"]
+    result = run_cli(["upscale", *SAMPLE_INPUTS, "-o", str(out), *grey])
     assert result.returncode == 3, result.stderr
     assert "trained on binary change masks" in result.stderr
     assert "--mask-encoding binary" in result.stderr

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "metrics": 1,
     "guided": 1,
     "change": 1,
+    "trust": 1,
     "data/normalize": 1,
     "data/degrade": 1,
     "data/masks": 1,
