@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from refdiff_cli.data.degrade import downscale_bicubic
 from refdiff_cli.guided import (
     GuidedConfig,
+    GuidedResult,
     box_mean,
     downscale_valid,
     guided_transfer,
@@ -119,10 +120,9 @@ def change_evidence(
 ) -> ChangeEvidence:
     """Measure structure and radiometric disagreement per LR cell (arguments as above)."""
     lr = lr.float()
-    no_mask = torch.zeros_like(ref_valid, dtype=lr.dtype)
-    result = guided_transfer(lr, ref, mask=no_mask, ref_valid=ref_valid, scale=scale, config=guided)
+    result, warped_lr = register_to_lr(lr, ref, ref_valid, scale, guided)
     structure = 1 - F.avg_pool2d(result.agreement, scale)  # (B, 1, h, w)
-    residual = tile_colour_residual(registered_lr(ref, ref_valid, lr, result.shift, scale), lr)
+    residual = tile_colour_residual(warped_lr, lr)
     centre = residual.flatten(1).median(dim=1).values[:, None, None, None]
     spread = 1.4826 * (residual - centre).abs().flatten(1).median(dim=1).values
     cells_valid = F.avg_pool2d(downscale_valid(ref_valid.to(lr.dtype), scale), scale) > 0.5
@@ -154,22 +154,27 @@ def change_vector_analysis(
     ``estimate_change``), so the two estimators differ only in how they judge a cell.
     """
     lr = lr.float()
-    no_mask = torch.zeros_like(ref_valid, dtype=lr.dtype)
-    result = guided_transfer(lr, ref, mask=no_mask, ref_valid=ref_valid, scale=scale)
-    warped_lr = registered_lr(ref, ref_valid, lr, result.shift, scale)
+    _, warped_lr = register_to_lr(lr, ref, ref_valid, scale, None)
     magnitude = (lr - warped_lr).pow(2).sum(dim=1, keepdim=True).sqrt()  # (B, 1, h, w)
     thresholds = torch.stack([otsu_threshold(m.flatten()) for m in magnitude])
     changed = magnitude > thresholds[:, None, None, None]
     return to_output(changed.to(lr.dtype), scale)
 
 
-def registered_lr(
-    ref: torch.Tensor, ref_valid: torch.Tensor, lr: torch.Tensor, shift: torch.Tensor, scale: int
-) -> torch.Tensor:
-    """``D(R_w)``: the reference shifted by the registration field and brought to LR scale."""
+def register_to_lr(
+    lr: torch.Tensor,
+    ref: torch.Tensor,
+    ref_valid: torch.Tensor,
+    scale: int,
+    guided: GuidedConfig | None,
+) -> tuple[GuidedResult, torch.Tensor]:
+    """The guided transfer without a mask (its registration and local fit), and ``D(R_w)``:
+    the reference shifted by the registration field and brought to LR scale."""
+    no_mask = torch.zeros_like(ref_valid, dtype=lr.dtype)
+    result = guided_transfer(lr, ref, mask=no_mask, ref_valid=ref_valid, scale=scale, config=guided)
     lr_up = F.interpolate(lr, scale_factor=scale, mode="nearest")
     filled = torch.where(ref_valid, ref.float().clamp(-1.0, 1.0), lr_up)
-    return downscale_bicubic(shift_image(filled, shift), scale)
+    return result, downscale_bicubic(shift_image(filled, result.shift), scale)
 
 
 def tile_colour_residual(guide: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

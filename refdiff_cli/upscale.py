@@ -250,7 +250,7 @@ def upscale(
         overlap_px=plan.overlap_px,
         ref_coverage=sources.ref_coverage,
         mask_coverage=sources.mask_coverage,
-        mask_source="estimated" if sources.mask is None else "file",
+        mask_source=space.mask_mode,
         mask_out=job.mask_out,
         trust_out=job.trust_out,
         seconds=0.0,
