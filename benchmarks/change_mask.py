@@ -18,9 +18,7 @@ reference is not used). Prints two Markdown tables:
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import tempfile
 import warnings
@@ -30,26 +28,19 @@ from typing import Any
 import rasterio
 
 from refdiff_cli.evaluate import evaluate
-from refdiff_cli.evaluate_options import EvalOptions
+from refdiff_cli.evaluate_options import EvalOptions, MaskSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import REPO, SCALE, Case, build_cases
+from fidelity import SCALE, Case, build_cases, held_out_parser, shared_data
 
-MASK_SOURCES = ("label", "estimated", "none")
+MASK_SOURCES: tuple[MaskSource, ...] = ("label", "estimated", "none")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=os.environ.get("REFDIFF_SHARED_DATA"))
-    parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
+    parser = held_out_parser(__doc__.splitlines()[0], sets="synthetic,oscd,cd")
     parser.add_argument("--methods", default="guided,model")
-    parser.add_argument("--sets", default="synthetic,oscd,cd")
-    parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    data = args.data or (REPO.parent / "shared" / "data")
-    if not data.is_dir():
-        sys.exit(f"no shared data at {data}: pass --data or set REFDIFF_SHARED_DATA")
+    data = shared_data(args, required=True)
     warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
     methods = tuple(args.methods.split(","))
     with tempfile.TemporaryDirectory() as temp:

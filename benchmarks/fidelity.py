@@ -62,16 +62,30 @@ CD_SOURCES = ("levir", "dsifn", "egy")
 Case = tuple[str, str, Path]  # (set, case, dataset path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def held_out_parser(description: str, *, sets: str) -> argparse.ArgumentParser:
+    """The options the held-out benchmarks share: --data, --model, --sets, --work, --json."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=os.environ.get("REFDIFF_SHARED_DATA"))
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
-    parser.add_argument("--methods", default="bicubic,hpf,guided,model")
-    parser.add_argument("--sets", default="sample,synthetic,oscd,cd")
+    parser.add_argument("--sets", default=sets)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    return parser
+
+
+def shared_data(args: argparse.Namespace, *, required: bool = False) -> Path:
+    """``--data``, ``REFDIFF_SHARED_DATA`` or ../shared/data; exits without it if ``required``."""
+    data: Path = args.data or (REPO.parent / "shared" / "data")
+    if required and not data.is_dir():
+        sys.exit(f"no shared data at {data}: pass --data or set REFDIFF_SHARED_DATA")
+    return data
+
+
+def main() -> None:
+    parser = held_out_parser(__doc__.splitlines()[0], sets="sample,synthetic,oscd,cd")
+    parser.add_argument("--methods", default="bicubic,hpf,guided,model")
     args = parser.parse_args()
-    data = args.data or (REPO.parent / "shared" / "data")
+    data = shared_data(args)
     warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
     methods = tuple(args.methods.split(","))
     with tempfile.TemporaryDirectory() as temp:

@@ -14,9 +14,7 @@ reference weight. A calibrated layer has an error that rises from bin to bin.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import tempfile
 import warnings
@@ -32,23 +30,16 @@ from refdiff_cli.evaluate_methods import BLOCK_ROWS, array_space, sample_reader
 from refdiff_cli.upscale import load_engine, sr_strips, tile_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import REPO, SCALE, build_cases
+from fidelity import SCALE, build_cases, held_out_parser, shared_data
 
 BINS = 10
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=os.environ.get("REFDIFF_SHARED_DATA"))
-    parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
+    parser = held_out_parser(__doc__.splitlines()[0], sets="synthetic,oscd,cd")
     parser.add_argument("--engine", default="diffusion", choices=("diffusion", "guided"))
-    parser.add_argument("--sets", default="synthetic,oscd,cd")
-    parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    data = args.data or (REPO.parent / "shared" / "data")
-    if not data.is_dir():
-        sys.exit(f"no shared data at {data}: pass --data or set REFDIFF_SHARED_DATA")
+    data = shared_data(args, required=True)
     warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
     options = UpscaleOptions(engine=args.engine, model=args.model, scale=SCALE, device="cpu")
     engine = load_engine(options)
