@@ -220,7 +220,11 @@ class UpscaleOptions:
     engine as designed, above 1 pushes further towards it (``engines.py``). ``dtype`` (one of
     ``OUTPUT_DTYPES``) and ``nodata`` override the output's data type (values rounded half to
     even and clamped: ``normalize.cast_to_dtype``) and nodata value (NaN allowed for float
-    types; it must fit the output type, checked per job); None keeps the LR's.
+    types; it must fit the output type, checked per job); None keeps the LR's. ``bands``
+    (``-b``) are the LR bands written (None: all but alpha), ``ref_bands`` (``--ref-bidx``)
+    the reference band of each (0: none), ``rgb`` (``--rgb``) the LR bands of red, green and
+    blue for the model (None: found from the LR's colour interpretation or band names);
+    ``bands.py`` routes the rest.
     """
 
     engine: EngineName = "auto"
@@ -239,6 +243,7 @@ class UpscaleOptions:
     batch_size: int = 4
     bands: tuple[int, ...] | None = None
     ref_bands: tuple[int, ...] | None = None
+    rgb: tuple[int, ...] | None = None
     mask_grid: MaskGrid = "own"
     mask_encoding: str = "auto"
     creation_options: tuple[str, ...] = ()
@@ -287,10 +292,22 @@ class UpscaleOptions:
                 "--sampler-preset",
                 f"{self.sampler_preset!r}; known: {', '.join(SAMPLER_PRESETS)}",
             )
-        for name, bands in (("-b/--bidx", self.bands), ("--ref-bidx", self.ref_bands)):
+        for name, bands in (("-b/--bidx", self.bands), ("--rgb", self.rgb)):
             if bands is not None:
                 _require(len(bands) >= 1, name, "empty band list")
                 _require(all(b >= 1 for b in bands), name, f"{bands}: bands are 1-based")
+        if self.rgb is not None:
+            _require(
+                len(self.rgb) == 3 and len(set(self.rgb)) == 3,
+                "--rgb",
+                f"{self.rgb}: give three different LR bands: red, green, blue (e.g. 3,2,1)",
+            )
+        if self.ref_bands is not None:
+            _require(
+                all(b >= 0 for b in self.ref_bands) and any(self.ref_bands),
+                "--ref-bidx",
+                f"{self.ref_bands}: bands are 1-based (0: this LR band has no reference band)",
+            )
         _require(
             not (self.overwrite and self.skip_existing),
             "--skip-existing",

@@ -70,6 +70,8 @@ class Engine(Protocol):
     overlap_px: int  # default overlap, output pixels
     normalization: Normalization  # how input values are stretched to model space
     mask_channel: MaskChannel | None  # the mask channel the model was trained on (None: any)
+    uses_reference: bool  # False: the reference is read and checked but never changes the output
+    guided_config: GuidedConfig | None  # the guided transfer's constants, if the engine has one
 
     def __call__(self, batch: EngineBatch) -> torch.Tensor:
         """Return (B, C, H, W) float32 outputs in model space."""
@@ -128,6 +130,8 @@ class BicubicEngine:
     size_multiple = 1
     normalization = Normalization()
     mask_channel: MaskChannel | None = None
+    uses_reference = False
+    guided_config: GuidedConfig | None = None
 
     def __init__(self, scale: int) -> None:
         self.scale = scale
@@ -157,14 +161,15 @@ class GuidedEngine(BicubicEngine):
     """
 
     name = "guided"
+    uses_reference = True
 
     def __init__(
         self, scale: int, config: GuidedConfig | None = None, *, ref_strength: float = 1.0
     ) -> None:
         super().__init__(scale)
-        self.config = config or GuidedConfig()
+        self.guided_config = config or GuidedConfig()
         self.ref_strength = ref_strength
-        reach = self.config.reach_lr() * scale
+        reach = self.guided_config.reach_lr() * scale
         self.tile_px = max(64 * scale, 4 * reach)
         self.overlap_px = 2 * reach
         self.margin_px = reach // 2
@@ -186,14 +191,14 @@ class GuidedEngine(BicubicEngine):
             mask=batch.mask.float(),
             ref_valid=batch.ref_valid,
             scale=self.scale,
-            config=self.config,
+            config=self.guided_config,
         )
 
     def describe(self) -> dict[str, Any]:
         return {
             "engine": self.name,
             "scale": self.scale,
-            "guided": to_dict(self.config),
+            "guided": to_dict(self.guided_config),
             "ref_strength": self.ref_strength,
         }
 
@@ -216,6 +221,7 @@ class DiffusionEngine:
     """
 
     name = "diffusion"
+    uses_reference = True
 
     def __init__(
         self,

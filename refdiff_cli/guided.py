@@ -252,6 +252,7 @@ def guided_transfer(
     ref_valid: torch.Tensor,
     scale: int,
     config: GuidedConfig | None = None,
+    shift: torch.Tensor | None = None,
 ) -> GuidedResult:
     """The guided estimate of the output tiles (steps 1-4 of the module docstring).
 
@@ -264,6 +265,8 @@ def guided_transfer(
         ref_valid: (B, 1, H, W) bool, False where the reference has no data.
         scale: integer factor s; H = h s, W = w s.
         config: constants; None takes ``GuidedConfig()``.
+        shift: (B, 2, H, W) a registration already made (``reference_shift`` on other bands
+            of the same tiles, e.g. RGB for a NIR band); None registers these bands (step 1).
 
     Returns:
         ``GuidedResult``; ``estimate`` equals ``upsample(lr, scale, clamp=False)`` wherever
@@ -273,9 +276,9 @@ def guided_transfer(
     lr = lr.float()
     lr_up = upsample(lr, scale, clamp=False)  # (B, C, H, W)
     valid = ref_valid.to(lr.dtype)
-    ref = torch.where(ref_valid, ref.float().clamp(-1.0, 1.0), lr_up)
-    field = register(ref, lr, scale, config)  # (B, 2, h, w) output px
-    shift = F.interpolate(field, scale_factor=scale, mode="bilinear", align_corners=False)
+    ref = _filled(ref, ref_valid, lr_up)
+    if shift is None:
+        shift = _upsampled_shift(register(ref, lr, scale, config), scale)
     warped = shift_image(ref, shift)  # R_w, (B, C, H, W)
     warped_lr = downscale_bicubic(warped, scale)
     fit = _fit(warped_lr, lr, config, _global_gain(warped_lr, lr, config.eps))
@@ -293,6 +296,35 @@ def guided_transfer(
         residual = lr - downscale_bicubic(estimate, scale)
         estimate = estimate + weight * upsample(residual, scale, clamp=False)
     return GuidedResult(estimate=estimate, weight=weight, agreement=agreement, shift=shift)
+
+
+def reference_shift(
+    lr: torch.Tensor,
+    ref: torch.Tensor,
+    *,
+    ref_valid: torch.Tensor,
+    scale: int,
+    config: GuidedConfig | None = None,
+) -> torch.Tensor:
+    """Step 1 alone: the shift (B, 2, H, W), output pixels, that ``guided_transfer`` applies.
+
+    Arguments as ``guided_transfer``'s. Pass the result as its ``shift`` to transfer other
+    bands of the same tiles with this registration.
+    """
+    config = config or GuidedConfig()
+    lr = lr.float()
+    ref = _filled(ref, ref_valid, upsample(lr, scale, clamp=False))
+    return _upsampled_shift(register(ref, lr, scale, config), scale)
+
+
+def _filled(ref: torch.Tensor, ref_valid: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
+    """The reference in [-1, 1], with LR_up where it has no data (nothing to register there)."""
+    return torch.where(ref_valid, ref.float().clamp(-1.0, 1.0), lr_up)
+
+
+def _upsampled_shift(field: torch.Tensor, scale: int) -> torch.Tensor:
+    """A (B, 2, h, w) LR-scale shift field bilinearly upsampled to (B, 2, H, W)."""
+    return F.interpolate(field, scale_factor=scale, mode="bilinear", align_corners=False)
 
 
 def downscale_valid(valid: torch.Tensor, scale: int) -> torch.Tensor:

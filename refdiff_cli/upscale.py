@@ -19,6 +19,7 @@ import numpy.typing as npt
 import torch
 
 from refdiff_cli import __version__
+from refdiff_cli.bands import BandRoutes, RoutedEngine, route_bands
 from refdiff_cli.change import estimate_change
 from refdiff_cli.config import UpscaleOptions, to_dict
 from refdiff_cli.data import masks, normalize
@@ -158,6 +159,8 @@ class ModelSpace:
         mask_mode: where each tile's mask comes from: "file" (read and encoded), "estimated"
             (``change.estimate_change`` of the tile's LR and reference) or "none" (all
             changed: the reference is not used).
+        compared: (LR, reference) band positions the change estimate compares; None: all,
+            one to one.
     """
 
     lr: normalize.BandScaling
@@ -165,6 +168,7 @@ class ModelSpace:
     mask: masks.MaskEncoding | None
     mask_source: str
     mask_mode: MaskMode = "file"
+    compared: tuple[tuple[int, int], ...] | None = None
 
 
 def load_engine(options: UpscaleOptions) -> Engine:
@@ -217,8 +221,11 @@ def upscale(
         bands=options.bands,
         ref_bands=options.ref_bands,
         mask_grid=options.mask_grid,
-        expect_bands=engine.bands,
+        partial_ref=True,
     )
+    routes = band_routes(checked, engine, options)
+    if not routes.is_direct:
+        engine = RoutedEngine(engine, routes, ref_strength=options.ref_strength)
     out_grid = geogrid.upscaled(checked.lr_grid, engine.scale)
     plan = tile_plan(out_grid.shape, engine, options)
     n_bands = len(checked.lr_bands)
@@ -235,7 +242,7 @@ def upscale(
                 layer_path, inputs=inputs, overwrite=options.overwrite, raw_bytes=layer_bytes
             )
     sources = read.decode_sources(checked, percentiles=engine.normalization.percentiles)
-    space = model_space(sources, options.mask_encoding)
+    space = model_space(sources, options.mask_encoding, routes)
     report = UpscaleReport(
         output=job.output,
         status="dry-run",
@@ -273,7 +280,7 @@ def upscale(
         nodata = normalize.choose_output_nodata(
             dtype, sources.lr.nodata, lr_has_invalid=sources.lr_has_invalid
         )
-    tags = provenance_tags(job, engine, options, plan, sources, space)
+    tags = provenance_tags(job, engine, options, plan, sources, space, routes)
     on_event(Started(task=job.output.name, total=len(plan.tiles)))
     clamped = 0
     with (
@@ -292,7 +299,7 @@ def upscale(
                 job.lr,
                 sources.lr_bands,
                 descriptions=sources.band_descriptions,
-                model_bands=_model_band_names(engine),
+                model_bands=_model_band_names(engine) if routes.is_direct else None,
             ),
         ) as writer,
         read.SourceReader(sources, out_grid) as reader,
@@ -338,7 +345,14 @@ def upscale(
                 trust_writer.write_strip(strip.row_off, trust.astype(np.float32), strip.valid)
         if clamped:
             logger.info("%d output values were clamped to the %s range", clamped, dtype.name)
-        writer.finalize(tags, before_publish=lambda: check_inputs_unchanged(sources))
+        writer.finalize(
+            tags,
+            band_tags=[
+                {"REFDIFF_PATH": row["path"], "REFDIFF_REF_BAND": str(row["ref_band"] or "none")}
+                for row in routes.paths(engine, sources.lr_bands, sources.ref_bands)
+            ],
+            before_publish=lambda: check_inputs_unchanged(sources),
+        )
         if mask_writer is not None:
             mask_writer.finalize({**tags, "REFDIFF_LAYER": "change mask used"})
         if trust_writer is not None:
@@ -492,7 +506,9 @@ def tile_plan(shape: tuple[int, int], engine: Engine, options: UpscaleOptions) -
     )
 
 
-def model_space(sources: read.Sources, mask_encoding: str) -> ModelSpace:
+def model_space(
+    sources: read.Sources, mask_encoding: str, routes: BandRoutes | None = None
+) -> ModelSpace:
     """The scalings and mask encoding of one run, from what the preflight decoded."""
     return ModelSpace(
         lr=normalize.scaling_for(sources.lr.dtype, sources.lr_scan.percentiles),
@@ -500,6 +516,22 @@ def model_space(sources: read.Sources, mask_encoding: str) -> ModelSpace:
         mask=None if sources.mask is None else read.mask_encoding(sources, mask_encoding),
         mask_source="estimated" if sources.mask is None else str(sources.mask.path),
         mask_mode="estimated" if sources.mask is None else "file",
+        compared=None if routes is None else routes.compared,
+    )
+
+
+def band_routes(
+    checked: read.CheckedSources, engine: Engine, options: UpscaleOptions
+) -> BandRoutes:
+    """Each output band's path (``bands.py``) for these inputs and this engine."""
+    return route_bands(
+        names=checked.lr.band_names(checked.lr_bands),
+        lr_bands=checked.lr_bands,
+        ref_of_lr=checked.ref_of_lr,
+        rgb=options.rgb,
+        engine=engine,
+        lr_path=checked.lr.path,
+        ref_path=checked.ref.path,
     )
 
 
@@ -598,7 +630,13 @@ def _engine_batch(
     ref_t = torch.from_numpy(np.stack(ref_list).astype(np.float32))
     ref_valid_t = torch.from_numpy(np.stack(ref_valid_list))
     if space.mask_mode == "estimated":
-        mask_t = estimate_change(lr_t, ref_t, ref_valid=ref_valid_t, scale=scale)
+        lr_pos, ref_pos = zip(*space.compared, strict=True) if space.compared else ((), ())
+        mask_t = estimate_change(
+            lr_t[:, list(lr_pos)] if lr_pos else lr_t,
+            ref_t[:, list(ref_pos)] if ref_pos else ref_t,
+            ref_valid=ref_valid_t,
+            scale=scale,
+        )
     elif space.mask_mode == "none":
         mask_t = torch.ones_like(ref_t[:, :1])
     else:
@@ -668,6 +706,7 @@ def provenance_tags(
     plan: TilePlan,
     sources: read.Sources,
     space: ModelSpace,
+    routes: BandRoutes,
 ) -> dict[str, str]:
     """GDAL metadata recording how the output was made (REFDIFF_COMPLETE is added last)."""
     return {
@@ -681,7 +720,13 @@ def provenance_tags(
         "REFDIFF_MARGIN_PX": str(plan.margin_px),
         "REFDIFF_REF_COVERAGE": f"{sources.ref_coverage:.4f}",
         "REFDIFF_MASK_COVERAGE": f"{sources.mask_coverage:.4f}",
-        "REFDIFF_BANDS": json.dumps({"lr": sources.lr_bands, "ref": sources.ref_bands}),
+        "REFDIFF_BANDS": json.dumps(
+            {
+                "lr": sources.lr_bands,
+                "ref": sources.ref_bands,
+                "paths": routes.paths(engine, sources.lr_bands, sources.ref_bands),
+            }
+        ),
         "REFDIFF_NORMALIZATION": json.dumps(
             {
                 "lr": space.lr.to_dict(),

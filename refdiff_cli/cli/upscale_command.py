@@ -225,9 +225,28 @@ def upscale_command(
         ),
     ] = None,
     bidx: Annotated[
-        str | None, typer.Option("--bidx", "-b", help="LR bands to use, 1-based, e.g. 3,2,1.")
+        str | None,
+        typer.Option(
+            "--bidx", "-b", help="LR bands to write, 1-based, e.g. 3,2,1 [default: all but alpha]."
+        ),
     ] = None,
-    ref_bidx: shared.RefBidx = None,
+    ref_bidx: Annotated[
+        str | None,
+        typer.Option(
+            "--ref-bidx",
+            help="Reference band of each LR band, 1-based, 0 for none [default: as -b, else "
+            "by band name, else in order].",
+        ),
+    ] = None,
+    rgb: Annotated[
+        str | None,
+        typer.Option(
+            "--rgb",
+            help="LR bands of red, green and blue, 1-based, e.g. 3,2,1: the model's bands; the "
+            "others go through the guided transfer [default: from colour interpretation or "
+            "band names].",
+        ),
+    ] = None,
     mask_grid: Annotated[
         str,
         typer.Option(
@@ -291,6 +310,7 @@ def upscale_command(
         batch_size=batch_size,
         bands=parse_bands(bidx, "-b/--bidx"),
         ref_bands=parse_bands(ref_bidx, "--ref-bidx"),
+        rgb=parse_bands(rgb, "--rgb"),
         mask_grid=cast(MaskGrid, shared.resolve_mask_grid(mask_grid, image_role="lr")),
         mask_encoding=mask_encoding,
         creation_options=tuple(co),

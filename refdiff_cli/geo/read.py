@@ -25,6 +25,7 @@ from rasterio.vrt import WarpedVRT
 from refdiff_cli.data import masks
 from refdiff_cli.data.normalize import PercentileAccumulator
 from refdiff_cli.errors import ConfigError, InputError
+from refdiff_cli.geo.band_names import band_name, names_are_usable
 from refdiff_cli.geo.env import rasterio_env
 from refdiff_cli.geo.grid import Grid, coverage, ground_pixel_size, to_window, upscaled
 from refdiff_cli.geo.tiffcheck import truncation
@@ -87,6 +88,7 @@ class RasterInfo:
         nodata: declared nodata value, or None (invalid declared values are dropped with a
             warning).
         band_descriptions: one per band (None where unnamed).
+        band_colours: colour interpretation of each band (``gray``, ``red``, ``undefined``...).
         alpha_band: 1-based index of an alpha band, or None.
         shape: (height, width) in pixels.
         stamp: the file's stamp when it was opened.
@@ -99,9 +101,16 @@ class RasterInfo:
     dtype: str
     nodata: float | None
     band_descriptions: tuple[str | None, ...]
+    band_colours: tuple[str, ...]
     alpha_band: int | None
     shape: tuple[int, int]
     stamp: FileStamp
+
+    def band_names(self, bands: Sequence[int]) -> tuple[str | None, ...]:
+        """Canonical names (``band_names.band_name``) of 1-based ``bands``."""
+        return tuple(
+            band_name(self.band_colours[b - 1], self.band_descriptions[b - 1]) for b in bands
+        )
 
     @property
     def data_bands(self) -> tuple[int, ...]:
@@ -178,6 +187,7 @@ def inspect_raster(path: Path, role: str) -> RasterInfo:
             dtype=dtype,
             nodata=_checked_nodata(src.nodata, dtype, path, role),
             band_descriptions=tuple(src.descriptions),
+            band_colours=tuple(c.name for c in src.colorinterp),
             alpha_band=alpha[0] if alpha else None,
             shape=(src.height, src.width),
             stamp=stamp(path),
@@ -333,7 +343,10 @@ class CheckedSources:
 
     Attributes:
         lr, ref, mask: the rasters; mask None when the change mask is to be estimated.
-        lr_bands, ref_bands: 1-based bands read from LR and ref (same count).
+        lr_bands, ref_bands: 1-based bands read from LR and ref.
+        ref_of_lr: per LR band, the position in ``ref_bands`` of its reference band, or None
+            where the reference has none (only with ``partial_ref``; else ``ref_bands`` pairs
+            ``lr_bands`` one to one).
         mask_grid: the grid the mask is read on (None without a mask).
         ref_coverage, mask_coverage: fraction (0..1) of the LR footprint they cover (an
             estimated mask covers all of it).
@@ -345,6 +358,7 @@ class CheckedSources:
     mask: RasterInfo | None
     lr_bands: tuple[int, ...]
     ref_bands: tuple[int, ...]
+    ref_of_lr: tuple[int | None, ...]
     mask_grid: Grid | None
     ref_coverage: float
     mask_coverage: float
@@ -455,6 +469,7 @@ def check_sources(
     ref_bands: Sequence[int] | None = None,
     mask_grid: MaskGrid = "own",
     expect_bands: int | None = None,
+    partial_ref: bool = False,
     primary_role: Role = "lr",
 ) -> CheckedSources:
     """Check the three inputs of an upscale from their headers alone (fast at any size).
@@ -467,10 +482,13 @@ def check_sources(
         scale: the engine's factor.
         bands: LR bands (1-based) or None for all non-alpha bands.
         ref_bands: ref bands or None: the same indexes as ``bands`` when the ref has them,
-            else all its non-alpha bands.
+            else all its non-alpha bands (paired by name with ``partial_ref``, see
+            ``pair_reference_bands``).
         mask_grid: "own" (the mask is georeferenced), or borrow the "ref" or "lr" grid for a
             mask without georeferencing that has the same shape.
         expect_bands: bands the engine takes (None: any).
+        partial_ref: allow LR bands without a reference band (``--ref-bidx`` 0, or a
+            reference with fewer bands); else the two selections must pair one to one.
         primary_role: the role name of ``lr`` in messages ("hr" when prepare uses the HR
             raster as the grid-defining input with ``scale=1``).
 
@@ -493,7 +511,11 @@ def check_sources(
     )
 
     lr_sel = select_bands(lr_info, bands)
-    ref_sel = _ref_bands(ref_info, lr_info, lr_sel, bands, ref_bands)
+    if partial_ref:
+        ref_sel, ref_of_lr = pair_reference_bands(ref_info, lr_info, lr_sel, bands, ref_bands)
+    else:
+        ref_sel = _ref_bands(ref_info, lr_info, lr_sel, bands, ref_bands)
+        ref_of_lr = tuple(range(len(ref_sel)))
     if expect_bands is not None and len(lr_sel) != expect_bands:
         raise InputError(
             f"{lr_info.role} {lr_info.path} gives {len(lr_sel)} band(s); the model takes "
@@ -523,6 +545,7 @@ def check_sources(
         mask=mask_info,
         lr_bands=lr_sel,
         ref_bands=ref_sel,
+        ref_of_lr=ref_of_lr,
         mask_grid=own_mask_grid,
         ref_coverage=ref_cover,
         mask_coverage=mask_cover,
@@ -559,20 +582,8 @@ def decode_sources(
             checked.mask, (1,), window=_needed_window(checked.mask_grid, lr_grid), distinct=True
         )
     )
-    return Sources(
-        lr=checked.lr,
-        ref=checked.ref,
-        mask=checked.mask,
-        lr_bands=checked.lr_bands,
-        ref_bands=checked.ref_bands,
-        mask_grid=checked.mask_grid,
-        ref_coverage=checked.ref_coverage,
-        mask_coverage=checked.mask_coverage,
-        lr_scan=lr_scan,
-        ref_scan=ref_scan,
-        mask_scan=mask_scan,
-        warnings=checked.warnings,
-    )
+    checks = {field.name: getattr(checked, field.name) for field in dataclasses.fields(checked)}
+    return Sources(**checks, lr_scan=lr_scan, ref_scan=ref_scan, mask_scan=mask_scan)
 
 
 def _mask_grid(
@@ -622,6 +633,56 @@ def _ref_bands(
             "--ref-bidx 1,2,3",
         )
     return selected
+
+
+def pair_reference_bands(
+    ref: RasterInfo,
+    lr: RasterInfo,
+    lr_sel: tuple[int, ...],
+    bands: Sequence[int] | None,
+    ref_bands: Sequence[int] | None,
+) -> tuple[tuple[int, ...], tuple[int | None, ...]]:
+    """The reference bands to read, and for each LR band the position of its own among them.
+
+    The first rule that applies: ``ref_bands`` (``--ref-bidx``), one per LR band, 0 for none;
+    the same indexes as ``bands`` (``-b``) when the reference has them all; by canonical name
+    when both rasters name every band uniquely; else in order (a reference with fewer bands
+    pairs the first ones; one with more is ambiguous).
+    """
+    if ref_bands is not None:
+        if len(ref_bands) != len(lr_sel):
+            raise ConfigError(
+                f"--ref-bidx gives {len(ref_bands)} band(s) for {len(lr_sel)} LR band(s) of "
+                f"{lr.path}",
+                hint="give one reference band per LR band, 0 where the reference has none",
+            )
+        used = tuple(b for b in ref_bands if b != 0)
+        if used:
+            select_bands(ref, used)  # raises on indexes the reference does not have
+        wanted: list[int | None] = [b or None for b in ref_bands]
+    elif bands is not None and all(b <= ref.count for b in bands):
+        wanted = list(bands)
+    else:
+        ref_data = ref.data_bands
+        lr_names, ref_names = lr.band_names(lr_sel), ref.band_names(ref_data)
+        if names_are_usable(lr_names) and names_are_usable(ref_names):
+            by_name = dict(zip(ref_names, ref_data, strict=True))
+            wanted = [by_name.get(name) for name in lr_names]
+        elif len(ref_data) <= len(lr_sel):
+            wanted = [*ref_data, *([None] * (len(lr_sel) - len(ref_data)))]
+        else:
+            raise InputError(
+                f"{lr.role} {lr.path} gives {len(lr_sel)} band(s) but ref {ref.path} has "
+                f"{len(ref_data)} and their bands are not named",
+                hint="map reference bands with --ref-bidx, one per LR band (0 for none)",
+            )
+    read_order = tuple(dict.fromkeys(b for b in wanted if b is not None))
+    if not read_order:
+        raise InputError(
+            f"ref {ref.path} has no band named like a band of {lr.role} {lr.path}",
+            hint="map reference bands with --ref-bidx, one per LR band (0 for none)",
+        )
+    return read_order, tuple(None if b is None else read_order.index(b) for b in wanted)
 
 
 def _check_scale(

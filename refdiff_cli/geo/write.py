@@ -33,6 +33,7 @@ from rasterio.windows import Window
 from refdiff_cli.errors import ConfigError, OutputError
 from refdiff_cli.files import fsync_path
 from refdiff_cli.geo import profiles
+from refdiff_cli.geo.band_names import RGB, band_name
 from refdiff_cli.geo.env import rasterio_env
 
 logger = logging.getLogger(__name__)
@@ -549,13 +550,19 @@ class RasterWriter:
             stats.add(band, valid, self.nodata)
 
     def finalize(
-        self, tags: Mapping[str, str], *, before_publish: Callable[[], None] | None = None
+        self,
+        tags: Mapping[str, str],
+        *,
+        band_tags: Sequence[Mapping[str, str]] = (),
+        before_publish: Callable[[], None] | None = None,
     ) -> Path:
         """Tag, close, verify, optionally convert to COG, and publish the output atomically.
 
         Args:
             tags: provenance tags (GDAL metadata, default namespace); ``REFDIFF_COMPLETE=1`` is
                 added after them.
+            band_tags: per band (first to last, possibly fewer than the bands), tags of
+                that band, beside its statistics.
             before_publish: called after verification, just before publishing; raise in it to
                 abort (e.g. an input changed during the run).
 
@@ -572,7 +579,8 @@ class RasterWriter:
             raise RuntimeError(
                 f"finalize() before all {self.grid.height} rows of {self.out} were written"
             )
-        bad = [k for k, v in tags.items() if not _valid_tag(k) or not isinstance(v, str)]
+        everything = [*tags.items(), *(item for band in band_tags for item in band.items())]
+        bad = [k for k, v in everything if not _valid_tag(k) or not isinstance(v, str)]
         if bad or COMPLETE_TAG in tags:
             raise ValueError(
                 f"invalid tags {bad or [COMPLETE_TAG]}: names [A-Za-z0-9_.], str values"
@@ -586,6 +594,8 @@ class RasterWriter:
                 pixels = self.grid.width * self.grid.height
                 for band, stats in enumerate(self._stats, start=1):
                     dataset.update_tags(band, **stats.tags(pixels))
+                for band, extra in enumerate(band_tags, start=1):
+                    dataset.update_tags(band, **extra)
                 dataset.update_tags(**tags)
                 dataset.update_tags(**{COMPLETE_TAG: "1"})
             finally:
@@ -956,8 +966,9 @@ def output_is_rgb(
     """Whether an upscale output of LR ``bands`` is red, green, blue (bands 1-3, in order).
 
     The first rule that applies decides: a model's card names the bands it generates (one
-    output band each); else the selected LR bands' colour interpretation; else their
-    descriptions (``red``, ``green``, ``blue``, any case). Fewer than 3 bands: never.
+    output band each); else the selected LR bands' names (``band_names.band_name``: a
+    description such as ``red`` or ``B04``, else the colour interpretation). Fewer than 3
+    bands: never.
 
     Args:
         lr: the LR GeoTIFF (only its header is read).
@@ -968,16 +979,16 @@ def output_is_rgb(
     if len(bands) < 3:
         return False
     if model_bands is not None and len(model_bands) == len(bands):
-        return tuple(name.lower() for name in model_bands[:3]) == _RGB
-    with contextlib.suppress(rasterio.errors.RasterioError, OSError), rasterio_env():
-        with rasterio.open(lr) as src:
-            colours = tuple(src.colorinterp[b - 1].name for b in bands[:3])
-        if colours == _RGB:
-            return True
-    return tuple((d or "").strip().lower() for d in descriptions[:3]) == _RGB
-
-
-_RGB = ("red", "green", "blue")
+        return tuple(name.lower() for name in model_bands[:3]) == RGB
+    colours: tuple[str | None, ...] = (None, None, None)
+    with (
+        contextlib.suppress(rasterio.errors.RasterioError, OSError),
+        rasterio_env(),
+        rasterio.open(lr) as src,
+    ):
+        colours = tuple(src.colorinterp[b - 1].name for b in bands[:3])
+    names = tuple(band_name(c, d) for c, d in zip(colours, descriptions[:3], strict=True))
+    return names == RGB
 
 
 def _check_nodata(nodata: float, dtype: np.dtype[Any]) -> None:

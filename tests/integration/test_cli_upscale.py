@@ -172,12 +172,13 @@ def bad_input_cases(
     )
     cases["no overlap"] = ({**t, "ref": far}, 3, "far.tif")
     four = make_raster(
-        "lr4.tif",
-        np.concatenate([scene(24, 32), scene(24, 32)[:1]]),
-        transform=LR_TRANSFORM,
+        "ref4.tif",
+        np.concatenate([scene(192, 256), scene(192, 256)[:1]]),
+        transform=HR_TRANSFORM,
         photometric="minisblack",  # 4 data bands (GDAL would make band 4 alpha otherwise)
     )
-    cases["band mismatch"] = ({**t, "lr": four}, 3, "-b")
+    # More reference bands than LR bands, none named: which is which is anyone's guess.
+    cases["band mismatch"] = ({**t, "ref": four}, 3, "--ref-bidx")
     empty = make_raster(
         "empty.tif", np.zeros((3, 24, 32), np.uint8), transform=LR_TRANSFORM, nodata=0
     )
