@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -35,6 +35,7 @@ from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
 from refdiff_cli.geo import grid as geogrid
 from refdiff_cli.geo import read, write
 from refdiff_cli.geo.env import GDAL_CACHE_BYTES
+from refdiff_cli.journal import open_journal
 from refdiff_cli.model.checkpoint import default_model_installed, load_model
 from refdiff_cli.tiling import (
     PixelWindow,
@@ -43,6 +44,7 @@ from refdiff_cli.tiling import (
     Tile,
     TilePlan,
     batches,
+    first_tile,
     plan_tiles,
 )
 from refdiff_cli.trust import uncertainty
@@ -132,6 +134,9 @@ class UpscaleReport:
     #: batch at the measured rate), ``batch_seconds`` and ``batch_tiles`` (one batch measured
     #: on ``device``), ``batches``. None for written outputs.
     time_estimate: dict[str, Any] | None = None
+    #: Strips (and the tiles behind them) taken over verified from an interrupted run.
+    resumed_strips: int = 0
+    resumed_tiles: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
@@ -309,9 +314,31 @@ def upscale(
             )
             layers += ("weight", "uncertainty")
 
+        journal = extra.enter_context(  # left first: deleted or kept under the output's lock
+            open_journal(
+                job.output,
+                resume_binding(job, engine, options, writer, layers),
+                restart=options.overwrite,
+            )
+        )
+        resumed_tiles = first_tile(plan, journal.resumed_rows)
+
         def progress(done: int) -> None:
             on_event(Progress(task=job.output.name, done=done, total=len(plan.tiles)))
 
+        def write_rows(row_off: int, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+            nonlocal clamped
+            clamped += int(arrays["clamped"][0])
+            writer.write_strip(row_off, arrays["image"], arrays["valid"])
+            if mask_writer is not None:
+                mask_writer.write_strip(row_off, arrays["mask"], arrays["valid"])
+            if trust_writer is not None:
+                trust_writer.write_strip(row_off, arrays["trust"], arrays["valid"])
+
+        if resumed_tiles:
+            progress(resumed_tiles)
+        for row_off, arrays in journal.replay():
+            write_rows(row_off, arrays)
         strips = sr_strips(
             reader,
             engine,
@@ -322,20 +349,12 @@ def upscale(
             block_rows=writer.block_rows,
             on_tiles=progress,
             layers=layers,
+            first_row=journal.resumed_rows,
         )
         for strip in strips:
-            values, n_clamped = normalize.cast_to_dtype(strip.values[:n_bands], dtype)
-            clamped += n_clamped
-            normalize.reserve_nodata(values, strip.valid, nodata)
-            writer.write_strip(strip.row_off, values, strip.valid)
-            extra_values = dict(zip(layers, strip.values[n_bands:], strict=True))
-            if mask_writer is not None:
-                used = mask_values(extra_values["mask"], strip.valid)
-                mask_writer.write_strip(strip.row_off, used[None], strip.valid)
-            if trust_writer is not None:
-                trust = np.stack([extra_values["weight"], extra_values["uncertainty"]])
-                trust[:, ~strip.valid] = np.nan
-                trust_writer.write_strip(strip.row_off, trust.astype(np.float32), strip.valid)
+            arrays = strip_arrays(strip, n_bands, dtype, nodata, layers)
+            write_rows(strip.row_off, arrays)
+            journal.commit(strip.row_off, arrays)
         if clamped:
             logger.info("%d output values were clamped to the %s range", clamped, dtype.name)
         writer.finalize(tags, before_publish=lambda: check_inputs_unchanged(sources))
@@ -344,7 +363,54 @@ def upscale(
         if trust_writer is not None:
             trust_writer.finalize({**tags, "REFDIFF_LAYER": "trust: reference weight, uncertainty"})
     seconds = time.monotonic() - started
-    return dataclasses.replace(report, status="written", seconds=seconds, clamped_values=clamped)
+    return dataclasses.replace(
+        report,
+        status="written",
+        seconds=seconds,
+        clamped_values=clamped,
+        resumed_strips=journal.resumed_strips,
+        resumed_tiles=resumed_tiles,
+    )
+
+
+def strip_arrays(
+    strip: Strip, n_bands: int, dtype: np.dtype[Any], nodata: float | None, layers: Sequence[Layer]
+) -> dict[str, npt.NDArray[Any]]:
+    """What is written for one strip, by name: "image" (C, rows, W) in ``dtype``, "valid"
+    (rows, W), "clamped" ([count] of clamped values), "mask" (1, rows, W) uint8 with
+    ``--mask-out``, "trust" (2, rows, W) float32 with ``--trust-out``."""
+    values, n_clamped = normalize.cast_to_dtype(strip.values[:n_bands], dtype)
+    normalize.reserve_nodata(values, strip.valid, nodata)
+    arrays = {"image": values, "valid": strip.valid, "clamped": np.array([n_clamped], np.int64)}
+    extra = dict(zip(layers, strip.values[n_bands:], strict=True))
+    if "mask" in extra:
+        arrays["mask"] = mask_values(extra["mask"], strip.valid)[None]
+    if "weight" in extra:
+        trust = np.stack([extra["weight"], extra["uncertainty"]])
+        trust[:, ~strip.valid] = np.nan
+        arrays["trust"] = trust.astype(np.float32)
+    return arrays
+
+
+def resume_binding(
+    job: UpscaleJob,
+    engine: Engine,
+    options: UpscaleOptions,
+    writer: write.RasterWriter,
+    layers: Sequence[Layer],
+) -> str:
+    """Hash of what the strips of a resumed run must share with the interrupted run's: the
+    parameters and inputs (``params_hash``), the inputs' stamps (size, mtime, inode), the
+    device, the output's data type, nodata and block height, and the layers written."""
+    inputs = [p for p in (job.lr, job.ref, job.mask) if p is not None]
+    relevant = {
+        "params": params_hash(job, engine, options),
+        "stamps": [dataclasses.astuple(read.stamp(p)) for p in inputs],
+        "device": str(getattr(engine, "device", "cpu")),
+        "output": [writer.dtype.name, repr(writer.nodata), writer.block_rows, writer.count],
+        "layers": list(layers),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
 #: The layer files beside the output: (bands, data type, nodata, band descriptions).
@@ -514,6 +580,7 @@ def sr_strips(
     block_rows: int,
     on_tiles: Callable[[int], None] | None = None,
     layers: tuple[Layer, ...] = (),
+    first_row: int = 0,
 ) -> Iterator[Strip]:
     """The tiled pipeline shared by upscale and evaluate: finished strips of the SR in LR values.
 
@@ -529,16 +596,20 @@ def sr_strips(
         layers: channels appended after the image's, blended like it, in this order: "mask"
             (the change mask the engine was given, 0..1), "weight" (the reference weight,
             ``trust.py``), "uncertainty" (``trust.uncertainty``, output units).
+        first_row: resume here (a multiple of ``block_rows``): only the tiles reaching this row
+            or below run, and only strips from it on are yielded, the same as a full run's.
 
     Yields:
         Strips (values (C, rows, W) float32 in LR values, validity (rows, W)), top to bottom.
     """
     check_mask_channel(engine, space)
-    accumulator = StripAccumulator(plan, space.lr.bands + len(layers), block_rows=block_rows)
+    accumulator = StripAccumulator(
+        plan, space.lr.bands + len(layers), block_rows=block_rows, first_row=first_row
+    )
     low, high = np.asarray(space.lr.low), np.asarray(space.lr.high)
     units_per_model_unit = float(np.mean((high - low) / 2))
-    done = 0
-    for tile_batch in batches(plan.tiles, batch_size):
+    done = first_tile(plan, first_row)
+    for tile_batch in batches(plan.tiles, batch_size, start=done):
         batch, lr_valid = _engine_batch(tile_batch, reader, engine.scale, seed, space)
         out = _call_padded(engine, batch).numpy()  # (B, C, H, W) model space
         extra: dict[str, torch.Tensor] = {"mask": batch.mask[:, :1]}

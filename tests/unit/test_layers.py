@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "geo/profiles": 2,
     "geo/images": 2,
     "geo/tiffcheck": 2,
+    "journal": 2,
     "model/checkpoint": 2,
     "perceptual": 2,
     "data/dataset": 2,
