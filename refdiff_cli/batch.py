@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from refdiff_cli.config import UpscaleOptions
+from refdiff_cli.distributed import SINGLE, TileRows, World, gathered, my_share
 from refdiff_cli.engines import Engine
 from refdiff_cli.errors import (
     EXIT_OK,
@@ -227,16 +228,37 @@ def run_batch(
     options: UpscaleOptions,
     *,
     on_event: EventHandler = ignore_event,
+    world: World = SINGLE,
 ) -> BatchReport:
     """Run every job; a failing job is recorded and the next one starts.
 
     Interruptions (Ctrl-C, SIGTERM) stop the whole batch: they are re-raised after the
     current job's temporary output has been removed by the writer.
+
+    Under torchrun (``world`` of several ranks, process group joined) several jobs are dealt
+    out among the ranks and rank 0 reports them all; one job is shared by tile rows. The
+    other ranks report what they ran.
     """
     outputs = [job.output.resolve() for job in jobs]
     duplicates = {str(o) for o in outputs if outputs.count(o) > 1}
     if duplicates:
         raise InputError(f"several jobs write the same output: {', '.join(sorted(duplicates))}")
+    if world.size > 1 and len(jobs) > 1:
+        mine = _run_jobs(my_share(jobs, world), engine, options, on_event, rows=None)
+        return BatchReport(items=tuple(gathered(mine, len(jobs), world) or mine))
+    rows = TileRows(world) if world.size > 1 else None
+    return BatchReport(items=tuple(_run_jobs(jobs, engine, options, on_event, rows=rows)))
+
+
+def _run_jobs(
+    jobs: Sequence[UpscaleJob],
+    engine: Engine,
+    options: UpscaleOptions,
+    on_event: EventHandler,
+    *,
+    rows: TileRows | None,
+) -> list[ItemResult]:
+    """The results of the jobs, one after the other (``run_batch``)."""
     results = []
     for job in jobs:
         started = time.monotonic()
@@ -255,7 +277,7 @@ def run_batch(
                 overwrite=options.overwrite,
                 raw_bytes=0,
             )
-            report = upscale(job, engine, options, on_event=on_event)
+            report = upscale(job, engine, options, on_event=on_event, rows=rows)
             results.append(
                 ItemResult(
                     lr=job.lr,
@@ -282,7 +304,7 @@ def run_batch(
                     error=exc,
                 )
             )
-    return BatchReport(items=tuple(results))
+    return results
 
 
 def _already_done(job: UpscaleJob, engine: Engine, options: UpscaleOptions) -> bool:

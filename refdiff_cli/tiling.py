@@ -12,8 +12,9 @@ finding 9).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar, overload
 
 import numpy as np
@@ -230,13 +231,13 @@ def blend_weights(tile: Tile, plan: TilePlan) -> npt.NDArray[np.float32]:
     return np.outer(rows, cols).astype(np.float32)  # (h, w)
 
 
-def batches(items: Sequence[T], size: int, *, start: int = 0) -> Iterator[list[T]]:
-    """Consecutive groups of at most ``size`` items from index ``start`` (the last may be
-    shorter)."""
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive groups of at most ``size`` items (the last may be shorter)."""
     if size < 1:
         raise ValueError(f"batch size must be >= 1, got {size}")
-    for first in range(start, len(items), size):
-        yield list(items[first : first + size])
+    iterator = iter(items)
+    while group := list(itertools.islice(iterator, size)):
+        yield group
 
 
 def first_tile(plan: TilePlan, row: int) -> int:

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -22,6 +22,7 @@ from refdiff_cli import __version__
 from refdiff_cli.change import estimate_change
 from refdiff_cli.config import UpscaleOptions, to_dict
 from refdiff_cli.data import masks, normalize
+from refdiff_cli.distributed import TileRows
 from refdiff_cli.engines import (
     BicubicEngine,
     DiffusionEngine,
@@ -205,6 +206,7 @@ def upscale(
     options: UpscaleOptions,
     *,
     on_event: EventHandler = ignore_event,
+    rows: TileRows | None = None,
 ) -> UpscaleReport:
     """Super-resolve ``job.lr`` with ``engine`` and publish a georeferenced GeoTIFF.
 
@@ -212,6 +214,9 @@ def upscale(
     output location and free space (all fast whatever the declared size), then fully decode
     the inputs, sample tile batches and stream finished strips through the safe writer
     (temporary file, verification, no-clobber publish).
+
+    Under torchrun, ``rows`` shares the tile rows among the ranks: rank 0 writes, the others
+    only compute their rows and send them (their report's status is "shared").
     """
     started = time.monotonic()
     checked = read.check_sources(
@@ -273,6 +278,25 @@ def upscale(
         )
         return dataclasses.replace(report, time_estimate=estimate)
 
+    layers = output_layers(job)
+    if rows is not None and not rows.writer:
+        with read.SourceReader(sources, out_grid) as reader:
+            start = first_tile(plan, rows.start_row(0))
+            tiles = (plan.tiles[i] for i in rows.mine(plan, start))
+            rows.send(
+                plan,
+                sr_tiles(
+                    reader,
+                    engine,
+                    tiles,
+                    space,
+                    seed=options.seed,
+                    batch_size=options.batch_size,
+                    layers=layers,
+                ),
+            )
+        return dataclasses.replace(report, status="shared", seconds=time.monotonic() - started)
+
     nodata = nodata_override
     if nodata is None:
         nodata = normalize.choose_output_nodata(
@@ -304,15 +328,12 @@ def upscale(
         contextlib.ExitStack() as extra,
     ):
         mask_writer = trust_writer = None
-        layers: tuple[Layer, ...] = ()
         if job.mask_out is not None:
             mask_writer = extra.enter_context(layer_writer("mask", job.mask_out, out_grid, options))
-            layers += ("mask",)
         if job.trust_out is not None:
             trust_writer = extra.enter_context(
                 layer_writer("trust", job.trust_out, out_grid, options)
             )
-            layers += ("weight", "uncertainty")
 
         journal = extra.enter_context(  # left first: deleted or kept under the output's lock
             open_journal(
@@ -321,7 +342,8 @@ def upscale(
                 restart=options.overwrite,
             )
         )
-        resumed_tiles = first_tile(plan, journal.resumed_rows)
+        first_row = journal.resumed_rows if rows is None else rows.start_row(journal.resumed_rows)
+        resumed_tiles = first_tile(plan, first_row)
 
         def progress(done: int) -> None:
             on_event(Progress(task=job.output.name, done=done, total=len(plan.tiles)))
@@ -349,7 +371,8 @@ def upscale(
             block_rows=writer.block_rows,
             on_tiles=progress,
             layers=layers,
-            first_row=journal.resumed_rows,
+            first_row=first_row,
+            rows=rows,
         )
         for strip in strips:
             arrays = strip_arrays(strip, n_bands, dtype, nodata, layers)
@@ -371,6 +394,16 @@ def upscale(
         resumed_strips=journal.resumed_strips,
         resumed_tiles=resumed_tiles,
     )
+
+
+def output_layers(job: UpscaleJob) -> tuple[Layer, ...]:
+    """The layers ``sr_strips`` appends for the job's ``--mask-out`` and ``--trust-out``."""
+    layers: tuple[Layer, ...] = ()
+    if job.mask_out is not None:
+        layers += ("mask",)
+    if job.trust_out is not None:
+        layers += ("weight", "uncertainty")
+    return layers
 
 
 def strip_arrays(
@@ -569,6 +602,11 @@ def model_space(sources: read.Sources, mask_encoding: str) -> ModelSpace:
     )
 
 
+#: One computed tile: the tile, its values (C, H, W) in LR values with the layers appended,
+#: and its output validity (H, W).
+TileResult = tuple[Tile, npt.NDArray[np.floating], Valid]
+
+
 def sr_strips(
     reader: TileReader,
     engine: Engine,
@@ -581,6 +619,7 @@ def sr_strips(
     on_tiles: Callable[[int], None] | None = None,
     layers: tuple[Layer, ...] = (),
     first_row: int = 0,
+    rows: TileRows | None = None,
 ) -> Iterator[Strip]:
     """The tiled pipeline shared by upscale and evaluate: finished strips of the SR in LR values.
 
@@ -598,18 +637,52 @@ def sr_strips(
             ``trust.py``), "uncertainty" (``trust.uncertainty``, output units).
         first_row: resume here (a multiple of ``block_rows``): only the tiles reaching this row
             or below run, and only strips from it on are yielded, the same as a full run's.
+        rows: under torchrun, rank 0's share of the tile rows; the other ranks' rows arrive
+            from them (``TileRows.send``) in plan order.
 
     Yields:
         Strips (values (C, rows, W) float32 in LR values, validity (rows, W)), top to bottom.
     """
-    check_mask_channel(engine, space)
     accumulator = StripAccumulator(
         plan, space.lr.bands + len(layers), block_rows=block_rows, first_row=first_row
     )
+    done = first_tile(plan, first_row)
+    tiles = range(done, len(plan.tiles)) if rows is None else rows.mine(plan, done)
+    results = sr_tiles(
+        reader,
+        engine,
+        (plan.tiles[i] for i in tiles),
+        space,
+        seed=seed,
+        batch_size=batch_size,
+        layers=layers,
+    )
+    if rows is not None:
+        results = rows.gather(plan, done, results, channels=accumulator.bands)
+    for group in results:
+        for tile, values, valid in group:
+            yield from accumulator.add(tile, values, valid)
+        done += len(group)
+        if on_tiles is not None:
+            on_tiles(done)
+
+
+def sr_tiles(
+    reader: TileReader,
+    engine: Engine,
+    tiles: Iterable[Tile],
+    space: ModelSpace,
+    *,
+    seed: int,
+    batch_size: int,
+    layers: tuple[Layer, ...] = (),
+) -> Iterator[list[TileResult]]:
+    """The SR of ``tiles`` in LR values, one list per engine batch (arguments as
+    ``sr_strips``'s)."""
+    check_mask_channel(engine, space)
     low, high = np.asarray(space.lr.low), np.asarray(space.lr.high)
     units_per_model_unit = float(np.mean((high - low) / 2))
-    done = first_tile(plan, first_row)
-    for tile_batch in batches(plan.tiles, batch_size, start=done):
+    for tile_batch in batches(tiles, batch_size):
         batch, lr_valid = _engine_batch(tile_batch, reader, engine.scale, seed, space)
         out = _call_padded(engine, batch).numpy()  # (B, C, H, W) model space
         extra: dict[str, torch.Tensor] = {"mask": batch.mask[:, :1]}
@@ -618,14 +691,13 @@ def sr_strips(
             extra["uncertainty"] = units_per_model_unit * uncertainty(
                 batch.lr, extra["weight"], engine.scale
             )
+        group: list[TileResult] = []
         for i, (tile, valid) in enumerate(zip(tile_batch, lr_valid, strict=True)):
             values = normalize.from_model(out[i], space.lr)  # (C, H, W)
             if layers:
                 values = np.concatenate([values, *(extra[name][i].numpy() for name in layers)])
-            yield from accumulator.add(tile, values, valid)
-        done += len(tile_batch)
-        if on_tiles is not None:
-            on_tiles(done)
+            group.append((tile, values, valid))
+        yield group
 
 
 def check_mask_channel(engine: Engine, space: ModelSpace) -> None:

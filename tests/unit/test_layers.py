@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "engines": 3,
     "upscale": 3,
     "batch": 3,
+    "distributed": 3,
     "train": 3,
     "train_plan": 3,
     "train_state": 3,
