@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ItemResult:
-    """Outcome of one job: ``status`` is "written", "dry-run", "skipped" or "failed".
+    """Outcome of one job: ``status`` is "written", "dry-run", "skipped", "failed" or, on a
+    torchrun rank other than 0, "shared" (tile rows computed for rank 0, which writes).
 
     ``error`` is the exception of a failed job (for ``api.upscale`` to raise; not in JSON).
     """
@@ -236,18 +237,23 @@ def run_batch(
     current job's temporary output has been removed by the writer.
 
     Under torchrun (``world`` of several ranks, process group joined) several jobs are dealt
-    out among the ranks and rank 0 reports them all; one job is shared by tile rows. The
-    other ranks report what they ran.
+    out among the ranks and rank 0 reports them all (the other ranks' reports are empty); one
+    job is shared by tile rows (the other ranks' item status is "shared").
     """
     outputs = [job.output.resolve() for job in jobs]
     duplicates = {str(o) for o in outputs if outputs.count(o) > 1}
     if duplicates:
         raise InputError(f"several jobs write the same output: {', '.join(sorted(duplicates))}")
     if world.size > 1 and len(jobs) > 1:
-        mine = _run_jobs(my_share(jobs, world), engine, options, on_event, rows=None)
-        return BatchReport(items=tuple(gathered(mine, len(jobs), world) or mine))
+        mine = _run_jobs(my_share(jobs, world), engine, options, on_event, several=True)
+        # The other ranks report nothing (exit 0): a failure of theirs is rank 0's to report,
+        # and a rank that exits non-zero makes torchrun stop the others, rank 0 included.
+        return BatchReport(items=tuple(gathered(mine, len(jobs), world) or ()))
     rows = TileRows(world) if world.size > 1 else None
-    return BatchReport(items=tuple(_run_jobs(jobs, engine, options, on_event, rows=rows)))
+    several = len(jobs) > 1
+    return BatchReport(
+        items=tuple(_run_jobs(jobs, engine, options, on_event, several=several, rows=rows))
+    )
 
 
 def _run_jobs(
@@ -256,9 +262,11 @@ def _run_jobs(
     options: UpscaleOptions,
     on_event: EventHandler,
     *,
-    rows: TileRows | None,
+    several: bool,
+    rows: TileRows | None = None,
 ) -> list[ItemResult]:
-    """The results of the jobs, one after the other (``run_batch``)."""
+    """The results of the jobs, one after the other (``run_batch``); ``several``: the jobs are
+    (part of) a batch, whose failures are logged as they happen."""
     results = []
     for job in jobs:
         started = time.monotonic()
@@ -291,7 +299,7 @@ def _run_jobs(
             raise
         except RefdiffError as exc:
             # A single job's error is the run's error: the caller reports it, once.
-            logger.log(logging.ERROR if len(jobs) > 1 else logging.DEBUG, "%s: %s", job.lr, exc)
+            logger.log(logging.ERROR if several else logging.DEBUG, "%s: %s", job.lr, exc)
             results.append(
                 ItemResult(
                     lr=job.lr,

@@ -109,7 +109,7 @@ class UpscaleReport:
     """What one upscale did (or, with ``dry_run``, would do); rendered by the CLI or as JSON."""
 
     output: Path
-    status: str  # "written" or "dry-run"
+    status: str  # "written", "dry-run" or "shared" (torchrun ranks other than 0)
     width: int
     height: int
     bands: int
