@@ -72,19 +72,21 @@ def open_journal(out: Path, binding: str, *, restart: bool) -> Iterator[ResumeJo
 
     Leaving the block normally (the output was published) or by an error (disk full, an input
     changed: its space is freed for the next try) deletes the journal; an interruption (Ctrl-C,
-    SIGTERM) keeps it for a rerun and says so, and so does a kill.
+    SIGTERM) keeps it for a rerun and says so (unless it holds no strip), and so does a kill.
     """
     journal = ResumeJournal(out, binding, restart=restart)
     try:
         yield journal
     except (KeyboardInterrupt, Interrupted):
-        if journal.strips:
-            logger.info(
-                "kept %d finished strip(s) of %s in %s; rerun the same command to resume",
-                journal.strips,
-                journal.out.name,
-                journal.folder,
-            )
+        if not journal.strips:
+            journal.discard()
+            raise
+        logger.info(
+            "kept %d finished strip(s) of %s in %s; rerun the same command to resume",
+            journal.strips,
+            journal.out.name,
+            journal.folder,
+        )
         raise
     except BaseException:
         journal.discard()
@@ -155,8 +157,8 @@ class ResumeJournal:
 
         Args:
             row_off: its first output row.
-            arrays: what was written for these rows, by name; the first axis of every array
-                with two or more dimensions is bands, the second rows.
+            arrays: what was written for these rows, by name; in every array of two or more
+                dimensions the second-to-last axis is rows: (C, rows, W) or (rows, W).
         """
         if row_off != self._next_row:
             raise ValueError(f"strip at row {row_off} committed after row {self._next_row}")
@@ -238,7 +240,8 @@ class ResumeJournal:
             verified.append(entry)
             row += entry.rows
         if not verified:
-            logger.info("starting %s afresh: no saved strip verifies", self.out)
+            if lines:
+                logger.info("starting %s afresh: no saved strip verifies", self.out)
             return
         self._entries, self._next_row = verified, row
         self._resumed_rows, self._resumed_strips = row, len(verified)
