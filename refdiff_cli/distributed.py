@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,6 +30,10 @@ import torch.distributed as dist
 from refdiff_cli.tiling import Tile, TilePlan
 
 T = TypeVar("T")
+#: Longest one rank waits for another in one message: a rank whose share of a batch is done
+#: waits for the others' (hours, on CPUs), rank 0 for another rank's tile row. torchrun stops
+#: every rank when one fails, so the limit only ends hangs outside torchrun.
+WAIT_LIMIT = datetime.timedelta(days=2)
 #: A computed tile as ``upscale.sr_tiles`` yields it: (tile, values (C, h, w), valid (h, w)).
 Result = tuple[Tile, npt.NDArray[np.floating], npt.NDArray[np.bool_]]
 
@@ -64,7 +69,7 @@ def process_group(world: World) -> Iterator[None]:
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
-    dist.init_process_group(backend="gloo")
+    dist.init_process_group(backend="gloo", timeout=WAIT_LIMIT)
     try:
         yield
     finally:
