@@ -135,12 +135,16 @@ def run_upscale(
     """Load the engine ``options`` ask for once and run every job (the CLI's core).
 
     ``options`` must come from ``upscale_options`` (or have had their creation options
-    checked with ``geo.write.check_creation_options``, as the CLI does).
+    checked with ``geo.write.check_creation_options``, as the CLI does). Under torchrun every
+    rank calls this; rank 0's report covers all jobs (``batch.run_batch``).
     """
     from refdiff_cli.batch import run_batch
+    from refdiff_cli.distributed import World, process_group
     from refdiff_cli.upscale import load_engine
 
-    return run_batch(jobs, load_engine(options), options, on_event=on_event)
+    world = World.from_env()
+    with process_group(world):
+        return run_batch(jobs, load_engine(options), options, on_event=on_event, world=world)
 
 
 def evaluate(

@@ -201,6 +201,10 @@ class RoutedEngine:
         self.uses_reference = inner.uses_reference
         self.guided_config = inner.guided_config
 
+    def __getattr__(self, name: str) -> Any:
+        """Anything else (device, model, sampler...) is the inner engine's."""
+        return getattr(self.inner, name)
+
     def core_batch(self, batch: EngineBatch) -> EngineBatch:
         """The batch restricted to the core bands, in the engine's order."""
         ref_positions = [r for r in self.routes.core_ref if r is not None]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from refdiff_cli.config import UpscaleOptions
+from refdiff_cli.distributed import SINGLE, TileRows, World, gathered, my_share
 from refdiff_cli.engines import Engine
 from refdiff_cli.errors import (
     EXIT_OK,
@@ -35,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ItemResult:
-    """Outcome of one job: ``status`` is "written", "dry-run", "skipped" or "failed".
+    """Outcome of one job: ``status`` is "written", "dry-run", "skipped", "failed" or, on a
+    torchrun rank other than 0, "shared" (tile rows computed for rank 0, which writes).
 
     ``error`` is the exception of a failed job (for ``api.upscale`` to raise; not in JSON).
     """
@@ -227,16 +229,44 @@ def run_batch(
     options: UpscaleOptions,
     *,
     on_event: EventHandler = ignore_event,
+    world: World = SINGLE,
 ) -> BatchReport:
     """Run every job; a failing job is recorded and the next one starts.
 
     Interruptions (Ctrl-C, SIGTERM) stop the whole batch: they are re-raised after the
     current job's temporary output has been removed by the writer.
+
+    Under torchrun (``world`` of several ranks, process group joined) several jobs are dealt
+    out among the ranks and rank 0 reports them all (the other ranks' reports are empty); one
+    job is shared by tile rows (the other ranks' item status is "shared").
     """
     outputs = [job.output.resolve() for job in jobs]
     duplicates = {str(o) for o in outputs if outputs.count(o) > 1}
     if duplicates:
         raise InputError(f"several jobs write the same output: {', '.join(sorted(duplicates))}")
+    if world.size > 1 and len(jobs) > 1:
+        mine = _run_jobs(my_share(jobs, world), engine, options, on_event, several=True)
+        # The other ranks report nothing (exit 0): a failure of theirs is rank 0's to report,
+        # and a rank that exits non-zero makes torchrun stop the others, rank 0 included.
+        return BatchReport(items=tuple(gathered(mine, len(jobs), world) or ()))
+    rows = TileRows(world) if world.size > 1 else None
+    several = len(jobs) > 1
+    return BatchReport(
+        items=tuple(_run_jobs(jobs, engine, options, on_event, several=several, rows=rows))
+    )
+
+
+def _run_jobs(
+    jobs: Sequence[UpscaleJob],
+    engine: Engine,
+    options: UpscaleOptions,
+    on_event: EventHandler,
+    *,
+    several: bool,
+    rows: TileRows | None = None,
+) -> list[ItemResult]:
+    """The results of the jobs, one after the other (``run_batch``); ``several``: the jobs are
+    (part of) a batch, whose failures are logged as they happen."""
     results = []
     for job in jobs:
         started = time.monotonic()
@@ -255,7 +285,7 @@ def run_batch(
                 overwrite=options.overwrite,
                 raw_bytes=0,
             )
-            report = upscale(job, engine, options, on_event=on_event)
+            report = upscale(job, engine, options, on_event=on_event, rows=rows)
             results.append(
                 ItemResult(
                     lr=job.lr,
@@ -269,7 +299,7 @@ def run_batch(
             raise
         except RefdiffError as exc:
             # A single job's error is the run's error: the caller reports it, once.
-            logger.log(logging.ERROR if len(jobs) > 1 else logging.DEBUG, "%s: %s", job.lr, exc)
+            logger.log(logging.ERROR if several else logging.DEBUG, "%s: %s", job.lr, exc)
             results.append(
                 ItemResult(
                     lr=job.lr,
@@ -282,7 +312,7 @@ def run_batch(
                     error=exc,
                 )
             )
-    return BatchReport(items=tuple(results))
+    return results
 
 
 def _already_done(job: UpscaleJob, engine: Engine, options: UpscaleOptions) -> bool:

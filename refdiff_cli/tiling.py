@@ -12,8 +12,9 @@ finding 9).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar, overload
 
 import numpy as np
@@ -230,12 +231,28 @@ def blend_weights(tile: Tile, plan: TilePlan) -> npt.NDArray[np.float32]:
     return np.outer(rows, cols).astype(np.float32)  # (h, w)
 
 
-def batches(items: Sequence[T], size: int) -> Iterator[list[T]]:
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """Consecutive groups of at most ``size`` items (the last may be shorter)."""
     if size < 1:
         raise ValueError(f"batch size must be >= 1, got {size}")
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
+    iterator = iter(items)
+    while group := list(itertools.islice(iterator, size)):
+        yield group
+
+
+def first_tile(plan: TilePlan, row: int) -> int:
+    """Index of the first tile (row-major) that reaches output row ``row`` or below it.
+
+    Every tile touching rows ``row`` and below has this index or a higher one, and no earlier
+    tile touches them: the strips from ``row`` on are computed exactly from these tiles alone.
+    ``len(plan.tiles)`` when ``row`` is the raster's height.
+    """
+    height = plan.shape[0]
+    tile_rows = min(plan.tile_px, height)
+    for i, start in enumerate(plan.row_starts):
+        if start + tile_rows > row:
+            return i * len(plan.col_starts)
+    return len(plan.tiles)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -256,15 +273,24 @@ class StripAccumulator:
     raster's bottom), so each output block is written exactly once and memory stays at about
     ``tile_px + block_rows`` rows, whatever the raster height.
 
+    A resumed run starts at ``first_row``: tiles are added from ``first_tile(plan,
+    first_row)`` on, and rows above ``first_row`` (which those tiles reach only in part) are
+    dropped, never returned.
+
     Args:
         plan: the tile plan.
         bands: channels of every tile's values.
         block_rows: block height of the output file.
+        first_row: first output row to return, a multiple of ``block_rows`` (or the height).
     """
 
-    def __init__(self, plan: TilePlan, bands: int, *, block_rows: int) -> None:
+    def __init__(self, plan: TilePlan, bands: int, *, block_rows: int, first_row: int = 0) -> None:
         if block_rows < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        if not 0 <= first_row <= plan.shape[0] or (
+            first_row % block_rows and first_row != plan.shape[0]
+        ):
+            raise ValueError(f"first row {first_row} is not a block boundary of {plan.shape[0]}")
         self.plan = plan
         self.bands = bands
         self.block_rows = block_rows
@@ -273,8 +299,11 @@ class StripAccumulator:
         self._acc = np.zeros((bands, rows, width), dtype=np.float32)  # (C, rows, W)
         self._wsum = np.zeros((rows, width), dtype=np.float32)  # (rows, W)
         self._valid = np.zeros((rows, width), dtype=bool)  # (rows, W)
-        self._base = 0  # output row held in buffer row 0
-        self._added = 0  # tiles added so far
+        self._first_row = first_row
+        self._added = first_tile(plan, first_row)  # index of the next tile
+        starts = plan.row_starts[self._added // len(plan.col_starts) :]
+        # output row held in buffer row 0: a block boundary at or above the next tile
+        self._base = starts[0] // block_rows * block_rows if starts else first_row
 
     def add(
         self, tile: Tile, values: npt.NDArray[np.floating], valid: npt.NDArray[np.bool_]
@@ -311,6 +340,9 @@ class StripAccumulator:
         tiles = self.plan.tiles
         final = height if self._added == len(tiles) else tiles[self._added].out.row_off
         end = final if final == height else final // self.block_rows * self.block_rows
+        partial = min(end, self._first_row) - self._base
+        if partial > 0:  # rows of a resumed run's earlier strips: not all their tiles were added
+            self._shift(partial)
         count = end - self._base
         if count <= 0:
             return []

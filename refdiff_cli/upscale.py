@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -23,6 +23,7 @@ from refdiff_cli.bands import BandRoutes, RoutedEngine, route_bands
 from refdiff_cli.change import estimate_change
 from refdiff_cli.config import UpscaleOptions, to_dict
 from refdiff_cli.data import masks, normalize
+from refdiff_cli.distributed import TileRows
 from refdiff_cli.engines import (
     BicubicEngine,
     DiffusionEngine,
@@ -36,6 +37,7 @@ from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
 from refdiff_cli.geo import grid as geogrid
 from refdiff_cli.geo import read, write
 from refdiff_cli.geo.env import GDAL_CACHE_BYTES
+from refdiff_cli.journal import open_journal
 from refdiff_cli.model.checkpoint import default_model_installed, load_model
 from refdiff_cli.tiling import (
     PixelWindow,
@@ -44,6 +46,7 @@ from refdiff_cli.tiling import (
     Tile,
     TilePlan,
     batches,
+    first_tile,
     plan_tiles,
 )
 from refdiff_cli.trust import uncertainty
@@ -107,7 +110,7 @@ class UpscaleReport:
     """What one upscale did (or, with ``dry_run``, would do); rendered by the CLI or as JSON."""
 
     output: Path
-    status: str  # "written" or "dry-run"
+    status: str  # "written", "dry-run" or "shared" (torchrun ranks other than 0)
     width: int
     height: int
     bands: int
@@ -133,6 +136,9 @@ class UpscaleReport:
     #: batch at the measured rate), ``batch_seconds`` and ``batch_tiles`` (one batch measured
     #: on ``device``), ``batches``. None for written outputs.
     time_estimate: dict[str, Any] | None = None
+    #: Strips (and the tiles behind them) taken over verified from an interrupted run.
+    resumed_strips: int = 0
+    resumed_tiles: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
@@ -204,6 +210,7 @@ def upscale(
     options: UpscaleOptions,
     *,
     on_event: EventHandler = ignore_event,
+    rows: TileRows | None = None,
 ) -> UpscaleReport:
     """Super-resolve ``job.lr`` with ``engine`` and publish a georeferenced GeoTIFF.
 
@@ -211,6 +218,9 @@ def upscale(
     output location and free space (all fast whatever the declared size), then fully decode
     the inputs, sample tile batches and stream finished strips through the safe writer
     (temporary file, verification, no-clobber publish).
+
+    Under torchrun, ``rows`` shares the tile rows among the ranks: rank 0 writes, the others
+    only compute their rows and send them (their report's status is "shared").
     """
     started = time.monotonic()
     checked = read.check_sources(
@@ -275,6 +285,25 @@ def upscale(
         )
         return dataclasses.replace(report, time_estimate=estimate)
 
+    layers = output_layers(job)
+    if rows is not None and not rows.writer:
+        with read.SourceReader(sources, out_grid) as reader:
+            start = first_tile(plan, rows.start_row(0))
+            tiles = (plan.tiles[i] for i in rows.mine(plan, start))
+            rows.send(
+                plan,
+                sr_tiles(
+                    reader,
+                    engine,
+                    tiles,
+                    space,
+                    seed=options.seed,
+                    batch_size=options.batch_size,
+                    layers=layers,
+                ),
+            )
+        return dataclasses.replace(report, status="shared", seconds=time.monotonic() - started)
+
     nodata = nodata_override
     if nodata is None:
         nodata = normalize.choose_output_nodata(
@@ -306,19 +335,39 @@ def upscale(
         contextlib.ExitStack() as extra,
     ):
         mask_writer = trust_writer = None
-        layers: tuple[Layer, ...] = ()
         if job.mask_out is not None:
             mask_writer = extra.enter_context(layer_writer("mask", job.mask_out, out_grid, options))
-            layers += ("mask",)
         if job.trust_out is not None:
             trust_writer = extra.enter_context(
                 layer_writer("trust", job.trust_out, out_grid, options)
             )
-            layers += ("weight", "uncertainty")
+
+        journal = extra.enter_context(  # left first: deleted or kept under the output's lock
+            open_journal(
+                job.output,
+                resume_binding(job, engine, options, writer, layers),
+                restart=options.overwrite,
+            )
+        )
+        first_row = journal.resumed_rows if rows is None else rows.start_row(journal.resumed_rows)
+        resumed_tiles = first_tile(plan, first_row)
 
         def progress(done: int) -> None:
             on_event(Progress(task=job.output.name, done=done, total=len(plan.tiles)))
 
+        def write_rows(row_off: int, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+            nonlocal clamped
+            clamped += int(arrays["clamped"][0])
+            writer.write_strip(row_off, arrays["image"], arrays["valid"])
+            if mask_writer is not None:
+                mask_writer.write_strip(row_off, arrays["mask"], arrays["valid"])
+            if trust_writer is not None:
+                trust_writer.write_strip(row_off, arrays["trust"], arrays["valid"])
+
+        if resumed_tiles:
+            progress(resumed_tiles)
+        for row_off, arrays in journal.replay():
+            write_rows(row_off, arrays)
         strips = sr_strips(
             reader,
             engine,
@@ -329,20 +378,13 @@ def upscale(
             block_rows=writer.block_rows,
             on_tiles=progress,
             layers=layers,
+            first_row=first_row,
+            rows=rows,
         )
         for strip in strips:
-            values, n_clamped = normalize.cast_to_dtype(strip.values[:n_bands], dtype)
-            clamped += n_clamped
-            normalize.reserve_nodata(values, strip.valid, nodata)
-            writer.write_strip(strip.row_off, values, strip.valid)
-            extra_values = dict(zip(layers, strip.values[n_bands:], strict=True))
-            if mask_writer is not None:
-                used = mask_values(extra_values["mask"], strip.valid)
-                mask_writer.write_strip(strip.row_off, used[None], strip.valid)
-            if trust_writer is not None:
-                trust = np.stack([extra_values["weight"], extra_values["uncertainty"]])
-                trust[:, ~strip.valid] = np.nan
-                trust_writer.write_strip(strip.row_off, trust.astype(np.float32), strip.valid)
+            arrays = strip_arrays(strip, n_bands, dtype, nodata, layers)
+            write_rows(strip.row_off, arrays)
+            journal.commit(strip.row_off, arrays)
         if clamped:
             logger.info("%d output values were clamped to the %s range", clamped, dtype.name)
         writer.finalize(
@@ -358,7 +400,64 @@ def upscale(
         if trust_writer is not None:
             trust_writer.finalize({**tags, "REFDIFF_LAYER": "trust: reference weight, uncertainty"})
     seconds = time.monotonic() - started
-    return dataclasses.replace(report, status="written", seconds=seconds, clamped_values=clamped)
+    return dataclasses.replace(
+        report,
+        status="written",
+        seconds=seconds,
+        clamped_values=clamped,
+        resumed_strips=journal.resumed_strips,
+        resumed_tiles=resumed_tiles,
+    )
+
+
+def output_layers(job: UpscaleJob) -> tuple[Layer, ...]:
+    """The layers ``sr_strips`` appends for the job's ``--mask-out`` and ``--trust-out``."""
+    layers: tuple[Layer, ...] = ()
+    if job.mask_out is not None:
+        layers += ("mask",)
+    if job.trust_out is not None:
+        layers += ("weight", "uncertainty")
+    return layers
+
+
+def strip_arrays(
+    strip: Strip, n_bands: int, dtype: np.dtype[Any], nodata: float | None, layers: Sequence[Layer]
+) -> dict[str, npt.NDArray[Any]]:
+    """What is written for one strip, by name: "image" (C, rows, W) in ``dtype``, "valid"
+    (rows, W), "clamped" ([count] of clamped values), "mask" (1, rows, W) uint8 with
+    ``--mask-out``, "trust" (2, rows, W) float32 with ``--trust-out``."""
+    values, n_clamped = normalize.cast_to_dtype(strip.values[:n_bands], dtype)
+    normalize.reserve_nodata(values, strip.valid, nodata)
+    arrays = {"image": values, "valid": strip.valid, "clamped": np.array([n_clamped], np.int64)}
+    extra = dict(zip(layers, strip.values[n_bands:], strict=True))
+    if "mask" in extra:
+        arrays["mask"] = mask_values(extra["mask"], strip.valid)[None]
+    if "weight" in extra:
+        trust = np.stack([extra["weight"], extra["uncertainty"]])
+        trust[:, ~strip.valid] = np.nan
+        arrays["trust"] = trust.astype(np.float32)
+    return arrays
+
+
+def resume_binding(
+    job: UpscaleJob,
+    engine: Engine,
+    options: UpscaleOptions,
+    writer: write.RasterWriter,
+    layers: Sequence[Layer],
+) -> str:
+    """Hash of what the strips of a resumed run must share with the interrupted run's: the
+    parameters and inputs (``params_hash``), the inputs' stamps (size, mtime, inode), the
+    device, the output's data type, nodata and block height, and the layers written."""
+    inputs = [p for p in (job.lr, job.ref, job.mask) if p is not None]
+    relevant = {
+        "params": params_hash(job, engine, options),
+        "stamps": [dataclasses.astuple(read.stamp(p)) for p in inputs],
+        "device": str(getattr(engine, "device", "cpu")),
+        "output": [writer.dtype.name, repr(writer.nodata), writer.block_rows, writer.count],
+        "layers": list(layers),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
 #: The layer files beside the output: (bands, data type, nodata, band descriptions).
@@ -535,6 +634,11 @@ def band_routes(
     )
 
 
+#: One computed tile: the tile, its values (C, H, W) in LR values with the layers appended,
+#: and its output validity (H, W).
+TileResult = tuple[Tile, npt.NDArray[np.floating], Valid]
+
+
 def sr_strips(
     reader: TileReader,
     engine: Engine,
@@ -546,6 +650,8 @@ def sr_strips(
     block_rows: int,
     on_tiles: Callable[[int], None] | None = None,
     layers: tuple[Layer, ...] = (),
+    first_row: int = 0,
+    rows: TileRows | None = None,
 ) -> Iterator[Strip]:
     """The tiled pipeline shared by upscale and evaluate: finished strips of the SR in LR values.
 
@@ -561,16 +667,54 @@ def sr_strips(
         layers: channels appended after the image's, blended like it, in this order: "mask"
             (the change mask the engine was given, 0..1), "weight" (the reference weight,
             ``trust.py``), "uncertainty" (``trust.uncertainty``, output units).
+        first_row: resume here (a multiple of ``block_rows``): only the tiles reaching this row
+            or below run, and only strips from it on are yielded, the same as a full run's.
+        rows: under torchrun, rank 0's share of the tile rows; the other ranks' rows arrive
+            from them (``TileRows.send``) in plan order.
 
     Yields:
         Strips (values (C, rows, W) float32 in LR values, validity (rows, W)), top to bottom.
     """
+    accumulator = StripAccumulator(
+        plan, space.lr.bands + len(layers), block_rows=block_rows, first_row=first_row
+    )
+    done = first_tile(plan, first_row)
+    tiles = range(done, len(plan.tiles)) if rows is None else rows.mine(plan, done)
+    results = sr_tiles(
+        reader,
+        engine,
+        (plan.tiles[i] for i in tiles),
+        space,
+        seed=seed,
+        batch_size=batch_size,
+        layers=layers,
+    )
+    if rows is not None:
+        results = rows.gather(plan, done, results, channels=accumulator.bands)
+    for group in results:
+        for tile, values, valid in group:
+            yield from accumulator.add(tile, values, valid)
+        done += len(group)
+        if on_tiles is not None:
+            on_tiles(done)
+
+
+def sr_tiles(
+    reader: TileReader,
+    engine: Engine,
+    tiles: Iterable[Tile],
+    space: ModelSpace,
+    *,
+    seed: int,
+    batch_size: int,
+    layers: tuple[Layer, ...] = (),
+) -> Iterator[list[TileResult]]:
+    """The SR of ``tiles`` in LR values, one list per engine batch (arguments as
+    ``sr_strips``'s)."""
     check_mask_channel(engine, space)
-    accumulator = StripAccumulator(plan, space.lr.bands + len(layers), block_rows=block_rows)
     low, high = np.asarray(space.lr.low), np.asarray(space.lr.high)
     units_per_model_unit = float(np.mean((high - low) / 2))
-    done = 0
-    for tile_batch in batches(plan.tiles, batch_size):
+    for tile_batch in batches(tiles, batch_size):
         batch, lr_valid = _engine_batch(tile_batch, reader, engine.scale, seed, space)
         out = _call_padded(engine, batch).numpy()  # (B, C, H, W) model space
         extra: dict[str, torch.Tensor] = {"mask": batch.mask[:, :1]}
@@ -579,14 +723,13 @@ def sr_strips(
             extra["uncertainty"] = units_per_model_unit * uncertainty(
                 batch.lr, extra["weight"], engine.scale
             )
+        group: list[TileResult] = []
         for i, (tile, valid) in enumerate(zip(tile_batch, lr_valid, strict=True)):
             values = normalize.from_model(out[i], space.lr)  # (C, H, W)
             if layers:
                 values = np.concatenate([values, *(extra[name][i].numpy() for name in layers)])
-            yield from accumulator.add(tile, values, valid)
-        done += len(tile_batch)
-        if on_tiles is not None:
-            on_tiles(done)
+            group.append((tile, values, valid))
+        yield group
 
 
 def check_mask_channel(engine: Engine, space: ModelSpace) -> None:

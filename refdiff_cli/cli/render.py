@@ -203,7 +203,7 @@ def _print_batch_summary(report: Any) -> None:
             str(item.output),
             item.status if item.status != "failed" else f"failed ({item.error_class})",
             size,
-            str(r.tiles) if r else "",
+            _tiles(r),
             f"{100 * r.ref_coverage:.1f} %" if r else "",
             f"{item.seconds:.1f}",
         )
@@ -213,6 +213,13 @@ def _print_batch_summary(report: Any) -> None:
             console.print(_plan_line(item.report))
     counts = report.to_dict()["counts"]
     console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+
+
+def _tiles(r: Any) -> str:
+    """The tiles column: "16", "16 (8 resumed)" after an interrupted run, "" without a report."""
+    if r is None:
+        return ""
+    return f"{r.tiles} ({r.resumed_tiles} resumed)" if r.resumed_tiles else str(r.tiles)
 
 
 def _plan_line(r: Any) -> str:

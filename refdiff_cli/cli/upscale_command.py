@@ -323,11 +323,18 @@ def upscale_command(
     )
     jobs = resolve_jobs(lr, ref, mask, output, from_list, mask_out, trust_out)
     verbosity = ctx.obj["verbosity"] if ctx.obj else 0
-    progress = render.ProgressRenderer(enabled=verbosity >= 0 and not dry_run)
+    from refdiff_cli.distributed import World
+
+    main_rank = World.from_env().rank == 0  # under torchrun, rank 0 alone speaks
+    if not main_rank and verbosity <= 0:
+        render.configure_logging(-1)
+    progress = render.ProgressRenderer(enabled=verbosity >= 0 and not dry_run and main_rank)
     try:
         report = api.run_upscale(jobs, options, on_event=progress)
     finally:
         progress.close()
+    if not main_rank:
+        return report.exit_code
     if as_json:
         render.print_json(report.to_dict() if len(jobs) > 1 else report.items[0].to_dict())
     else:

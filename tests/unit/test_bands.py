@@ -229,3 +229,11 @@ def test_reference_bands_pair_by_name_then_in_order(make_raster) -> None:  # typ
     other = _info(make_raster, "other.tif", 2, ("swir1", "swir2"))
     with pytest.raises(InputError, match="no band named like"):
         read.pair_reference_bands(other, lr, (1, 2, 3, 4), None, None)
+
+
+def test_routed_engine_shows_the_inner_engines_other_settings() -> None:
+    """Resume hashes, memory estimates and model cards read these through the wrapper."""
+    inner = ThreeBandModel()
+    inner.device = "cuda:1"  # type: ignore[attr-defined]
+    routed = RoutedEngine(inner, BandRoutes(core=(0, 1, 2), core_ref=(0, 1, 2), bicubic=(3,)))
+    assert routed.device == "cuda:1" and routed.bands == 4 and routed.name == "diffusion"

@@ -26,3 +26,11 @@ def test_resumed_run_estimates_time_left_from_its_own_rate(
         "refdiff: train: 2000/4000 steps, 15 s elapsed",  # no rate measured yet: no estimate
         "refdiff: train: 2010/4000 steps, 35 s elapsed, about 3980 s left",
     ]
+
+
+def test_the_summary_says_how_many_tiles_a_resumed_output_took_over() -> None:
+    from types import SimpleNamespace
+
+    assert render._tiles(SimpleNamespace(resumed_tiles=4, tiles=16)) == "16 (4 resumed)"
+    assert render._tiles(SimpleNamespace(resumed_tiles=0, tiles=16)) == "16"
+    assert render._tiles(None) == ""
