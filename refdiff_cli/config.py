@@ -220,7 +220,8 @@ class UpscaleOptions:
     engine as designed, above 1 pushes further towards it (``engines.py``). ``dtype`` (one of
     ``OUTPUT_DTYPES``) and ``nodata`` override the output's data type (values rounded half to
     even and clamped: ``normalize.cast_to_dtype``) and nodata value (NaN allowed for float
-    types; it must fit the output type, checked per job); None keeps the LR's.
+    types; it must fit the output type, checked per job); None keeps the LR's. ``compile``
+    runs the model's network through ``torch.compile`` (``engines.py``).
     """
 
     engine: EngineName = "auto"
@@ -249,8 +250,14 @@ class UpscaleOptions:
     ref_strength: float = 1.0
     dtype: str | None = None
     nodata: float | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        _require(
+            not (self.compile and self.engine in ("guided", "bicubic")),
+            "--compile",
+            f"compiles the model's network; the {self.engine} engine has none",
+        )
         if self.dtype is not None and self.dtype not in OUTPUT_DTYPES:
             raise ConfigError(
                 f"invalid --dtype: {self.dtype!r} is not an output data type",

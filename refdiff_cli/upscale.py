@@ -191,6 +191,7 @@ def load_engine(options: UpscaleOptions) -> Engine:
         device=device,
         precision=options.precision,
         ref_strength=options.ref_strength,
+        compile=options.compile,
     )
 
 

@@ -208,6 +208,15 @@ def upscale_command(
     device: shared.Device = "auto",
     precision: shared.Precision = "fp32",
     batch_size: shared.BatchSize = 4,
+    compile_network: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Compile the model's network with torch.compile: about 0.75x the time per "
+            "network call after a one-off compile of a minute or two; pays for multi-step "
+            "samplers and large scenes. Results equal up to float rounding.",
+        ),
+    ] = False,
     tile: Annotated[
         int | None,
         typer.Option("--tile", help="Tile edge in output pixels [default: from the model card]."),
@@ -289,6 +298,7 @@ def upscale_command(
         device=device,
         precision=precision,
         batch_size=batch_size,
+        compile=compile_network,
         bands=parse_bands(bidx, "-b/--bidx"),
         ref_bands=parse_bands(ref_bidx, "--ref-bidx"),
         mask_grid=cast(MaskGrid, shared.resolve_mask_grid(mask_grid, image_role="lr")),
