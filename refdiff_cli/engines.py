@@ -244,8 +244,9 @@ def compiled(module: torch.nn.Module) -> Callable[..., torch.Tensor]:
     """``module`` through ``torch.compile`` (inductor, weights frozen as constants, one shape
     per tile size); a compiler failure on the first call becomes a ConfigError naming the fix.
 
-    Frozen weights let inductor pre-pack the convolutions for the CPU's kernels: 0.75x the
-    time per network call; the compile itself takes a minute or two, once per process.
+    Frozen weights let inductor pre-pack the convolutions for the CPU's kernels: 0.75-0.85x
+    the time per network call; the compile takes a minute or more per tile shape and thread
+    count, then inductor's on-disk cache cuts it to about 25 s per process.
     """
     network = torch.compile(module, dynamic=False, options={"freezing": True})
 

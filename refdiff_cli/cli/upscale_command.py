@@ -212,9 +212,9 @@ def upscale_command(
         bool,
         typer.Option(
             "--compile",
-            help="Compile the model's network with torch.compile: about 0.75x the time per "
-            "network call after a one-off compile of a minute or two; pays for multi-step "
-            "samplers and large scenes. Results equal up to float rounding.",
+            help="Compile the model's network with torch.compile: 0.75-0.85x the time per "
+            "network call after a compile of a minute or more (cached for later runs); pays "
+            "for multi-step samplers and large scenes. Results equal up to float rounding.",
         ),
     ] = False,
     tile: Annotated[
