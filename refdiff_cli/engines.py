@@ -126,7 +126,7 @@ BF16_FEATURES = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 def cpu_has_bf16() -> bool | None:
     """Whether the CPU computes in bf16 natively; None when it cannot be told.
 
-    From ``torch.cpu.get_capabilities()`` (torch >= 2.9), else Linux's ``/proc/cpuinfo``.
+    From ``torch.cpu.get_capabilities()`` (recent PyTorch), else Linux's ``/proc/cpuinfo``.
     """
     capabilities = getattr(torch.cpu, "get_capabilities", None)
     if capabilities is not None:

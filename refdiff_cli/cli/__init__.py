@@ -278,8 +278,8 @@ def _closed_stdout() -> int:
 #: Iterations an idle OpenMP thread of libgomp (PyTorch's CPU thread pool) spins before it
 #: sleeps. Its default spins for milliseconds, which on cores shared with other work (any cron
 #: host) burns the time the other threads need: a 1k^2 upscale under load took 4.7x as long
-#: with 2 threads as with 1. Capped, 2 threads kept their speed on quiet cores and ran in 0.45-0.58x
-#: the time under load, with identical bytes (issue 11).
+#: with 2 threads as with 1. Capped, 2 threads kept their speed on quiet cores and ran in
+#: 0.45-0.58x the time under load, with identical bytes (issue 11; README, "Speed on the CPU").
 GOMP_SPINCOUNT = "10000"
 
 
