@@ -246,7 +246,7 @@ def compiled(module: torch.nn.Module) -> Callable[..., torch.Tensor]:
 
     Frozen weights let inductor pre-pack the convolutions for the CPU's kernels: 0.75-0.85x
     the time per network call; the compile takes a minute or more per tile shape and thread
-    count, then inductor's on-disk cache cuts it to about 25 s per process.
+    count, then inductor's on-disk cache cuts it to 25-60 s per process.
     """
     network = torch.compile(module, dynamic=False, options={"freezing": True})
 
