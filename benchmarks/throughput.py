@@ -17,8 +17,8 @@ run's own seconds (from its JSON report: preflight, tiles, writing; not the inte
 start or the model load), output megapixels per second, the time relative to bicubic at
 the same tile and thread count in the same invocation, the child's peak RSS (``wait4``) and
 the PSNR (dB) of the output against the HR. ``--compile`` adds model rows with
-``upscale --compile``, after one warm-up run that fills inductor's on-disk cache for the
-tile shape (its cold compile time is printed). Timings on a shared machine are only
+``upscale --compile``, after one warm-up run per tile size and thread count that fills
+inductor's on-disk cache (its cold compile time is printed). Timings on a shared machine are only
 comparable within one invocation: the load average before and after is printed with the
 table.
 """
@@ -165,12 +165,16 @@ def main() -> None:
             with rasterio.open(scene["hr"]) as src:
                 hr = src.read()
         rows = configurations(args)
-        for row in {row["tile"]: row for row in rows if row["compile"]}.values():
-            # A scene two tiles wide has the tiles' shape: its run fills the compile cache.
+        for row in {(row["tile"], row["threads"]): row for row in rows if row["compile"]}.values():
+            # A scene two tiles wide has the tiles' shape: its run fills the compile cache
+            # (inductor compiles once per tile shape and thread count).
             small = make_scene(data, 2 * row["tile"], work / f"warm{row['tile']}")
             warmed = run(small, work / "warm.tif", row["threads"], options_of(row, args))
             cold = "refused" if warmed is None else f"{warmed[0]:.0f} s"
-            print(f"cold compile run ({2 * row['tile']} px scene, {row['tile']} px tiles): {cold}")
+            setting = (
+                f"{2 * row['tile']} px scene, {row['tile']} px tiles, {row['threads']} threads"
+            )
+            print(f"cold compile run ({setting}): {cold}")
         for row in rows:
             result = run(scene, work / "sr.tif", row["threads"], options_of(row, args))
             if result is not None:
