@@ -224,7 +224,8 @@ class UpscaleOptions:
     (``-b``) are the LR bands written (None: all but alpha), ``ref_bands`` (``--ref-bidx``)
     the reference band of each (0: none), ``rgb`` (``--rgb``) the LR bands of red, green and
     blue for the model (None: found from the LR's colour interpretation or band names);
-    ``bands.py`` routes the rest.
+    ``bands.py`` routes the rest. ``compile`` runs the model's network through
+    ``torch.compile`` (``engines.py``).
     """
 
     engine: EngineName = "auto"
@@ -254,8 +255,14 @@ class UpscaleOptions:
     ref_strength: float = 1.0
     dtype: str | None = None
     nodata: float | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        _require(
+            not (self.compile and self.engine in ("guided", "bicubic")),
+            "--compile",
+            f"compiles the model's network; the {self.engine} engine has none",
+        )
         if self.dtype is not None and self.dtype not in OUTPUT_DTYPES:
             raise ConfigError(
                 f"invalid --dtype: {self.dtype!r} is not an output data type",

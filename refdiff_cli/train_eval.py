@@ -287,18 +287,21 @@ def _nanmean(values: Sequence[float]) -> float | None:
 def default_tiling(network: NetworkConfig, *, scale: int, crop_px: int) -> tuple[int, int, int]:
     """Inference tile, overlap and blend margin (output pixels) for an exported model.
 
-    The tile is at least the training crop, and 256 px where the middle attention stays at
-    <= 64 x 64 positions (tiny: 128 px); it is a multiple of the scale and of the network's
-    size multiple. The margin is 2 LR pixels (2 x scale, at least 16 px): the reach of the
-    bicubic LR_up into the replicate-padded tile edge plus the convs' zero padding. The
-    overlap is 4 margins (a cosine ramp as wide as 2 margins), at least a quarter tile.
-    For the small preset at x8 this gives tile 256, overlap 64, margin 16.
+    The tile is at least the training crop; with attention, 256 px where it stays at <= 64 x
+    64 positions (tiny: 128 px); without, 512 px (the cost per pixel does not grow with the
+    tile, and the overlap's share of it shrinks: ``benchmarks/throughput.py``). It is a
+    multiple of the scale and of the network's size multiple. The margin is 2 LR pixels (2 x
+    scale, at least 16 px): the reach of the bicubic LR_up into the replicate-padded tile edge
+    plus the convs' zero padding. The overlap is 4 margins (a cosine ramp as wide as 2
+    margins), with attention at least a quarter tile. For the small preset at x8 this gives
+    tile 256, overlap 64, margin 16; without its middle attention, tile 512.
     """
     multiple = math.lcm(scale, network.size_multiple)
-    tile = max(crop_px, min(256, 64 * network.size_multiple))
+    attention = network.middle_attention or bool(network.attention_levels)
+    tile = max(crop_px, min(256, 64 * network.size_multiple) if attention else 512)
     tile = -(-tile // multiple) * multiple
     margin = max(2 * scale, 16)
-    overlap = min(max(4 * margin, tile // 4), tile // 2)
+    overlap = min(max(4 * margin, tile // 4 if attention else 0), tile // 2)
     overlap = overlap // scale * scale
     margin = min(margin, (overlap - 1) // 2)
     return tile, overlap, margin

@@ -201,6 +201,7 @@ def load_engine(options: UpscaleOptions) -> Engine:
         device=device,
         precision=options.precision,
         ref_strength=options.ref_strength,
+        compile=options.compile,
     )
 
 
@@ -273,7 +274,7 @@ def upscale(
         seconds=0.0,
         output_bytes_raw=raw_bytes,
         peak_memory_estimate_bytes=memory_estimate(
-            plan, out_grid.width, n_bands, options.batch_size, engine
+            plan, out_grid.width, n_bands + layer_bands(job), options.batch_size, engine
         ),
         free_bytes=free,
         engine=engine.describe(),
@@ -890,8 +891,18 @@ def provenance_tags(
     }
 
 
+def layer_bands(job: UpscaleJob) -> int:
+    """Channels ``--mask-out`` and ``--trust-out`` add to the strips (``LAYER_FILES``)."""
+    paths = {"mask": job.mask_out, "trust": job.trust_out}
+    return sum(LAYER_FILES[kind][0] for kind, path in paths.items() if path is not None)
+
+
 def memory_estimate(plan: TilePlan, width: int, bands: int, batch_size: int, engine: Engine) -> int:
     """Peak bytes of an upscale, for ``--dry-run``: calibrated against measured peak RSS.
+
+    ``bands`` counts every channel the strips carry: the image's and the layers'
+    (``layer_bands``; without them a 12,288 px wide output with both layers peaked at 1.12
+    times the estimate).
 
     The sum of: what the process holds already (its resident memory: Python, torch, GDAL and
     the model as this build and platform load them; else a fixed overhead plus the model's

@@ -8,12 +8,10 @@ exit codes (0 ok, 1 bug, 2 usage, 3 input, 4 output, 5 partial batch, 130 SIGINT
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, MutableMapping
 from types import FrameType
 from typing import Annotated, Any, cast
 
@@ -81,11 +79,11 @@ def _register_commands() -> None:
     prepare_command.register(app)
     for info in app.registered_commands:
         if info.callback is not None:
-            info.callback = _checked(info.callback, info.name or "")
+            info.callback = _checked(info.callback)
 
 
-def _checked(command: Callable[..., Any], name: str) -> Callable[..., Any]:
-    """Wrap a command: warn about costly option values; Ctrl-C becomes ``Interrupted``.
+def _checked(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command: Ctrl-C becomes ``Interrupted``.
 
     typer >= 0.29 would turn Ctrl-C into a silent exit 130; by the time it reaches this
     wrapper every ``with`` block below has cleaned up on the KeyboardInterrupt.
@@ -93,46 +91,12 @@ def _checked(command: Callable[..., Any], name: str) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if name != "train":  # train refuses bf16 off CUDA by itself
-            _warn_about_precision(kwargs.get("precision"), kwargs.get("device"))
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
             raise Interrupted("SIGINT", EXIT_SIGINT) from None
 
     return wrapper
-
-
-#: Where Linux lists the CPU's instruction sets.
-CPUINFO = Path("/proc/cpuinfo")
-#: CPU flags of native bf16 arithmetic: x86 AVX512-BF16 and AMX, Arm BF16.
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def cpu_has_bf16() -> bool | None:
-    """Whether the CPU computes in bf16 natively; None when it cannot be told."""
-    try:
-        flags = set(CPUINFO.read_text(errors="replace").split())
-    except OSError:
-        return None
-    return bool(flags & BF16_FLAGS)
-
-
-def _warn_about_precision(precision: object, device: object) -> None:
-    """``--precision bf16`` on a CPU that emulates bf16: slower and less precise than fp32."""
-    if precision != "bf16" or device not in (None, "auto", "cpu"):
-        return
-    if device != "cpu":
-        import torch
-
-        if torch.cuda.is_available() or torch.backends.mps.is_available():
-            return
-    if cpu_has_bf16() is False:
-        logging.getLogger("refdiff_cli.cli").warning(
-            "--precision bf16 on a CPU without bf16 instructions (%s): PyTorch emulates it, "
-            "slower than fp32 and less precise; use --precision fp32",
-            ", ".join(sorted(BF16_FLAGS)),
-        )
 
 
 _register_commands()
@@ -311,6 +275,24 @@ def _closed_stdout() -> int:
     return 0
 
 
+#: Iterations an idle OpenMP thread of libgomp (PyTorch's CPU thread pool) spins before it
+#: sleeps. Its default spins for milliseconds, which on cores shared with other work (any cron
+#: host) burns the time the other threads need: a 1k^2 upscale under load took 4.7x as long
+#: with 2 threads as with 1. Capped, 2 threads kept their speed on quiet cores and ran in
+#: 0.45-0.58x the time under load, with identical bytes (issue 11; README, "Speed on the CPU").
+GOMP_SPINCOUNT = "10000"
+
+
+def cap_openmp_spinning(environ: MutableMapping[str, str]) -> None:
+    """Set ``GOMP_SPINCOUNT`` unless the user chose it or ``OMP_WAIT_POLICY``.
+
+    libgomp reads it once, when torch loads it: call this before anything imports torch.
+    """
+    if "GOMP_SPINCOUNT" not in environ and "OMP_WAIT_POLICY" not in environ:
+        environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script and ``python -m refdiff_cli`` entry point."""
+    cap_openmp_spinning(os.environ)
     sys.exit(run())

@@ -258,3 +258,23 @@ def test_a_mask_read_otherwise_than_the_model_was_trained_is_refused(
     assert "trained on binary change masks" in result.stderr
     assert "--mask-encoding binary" in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow  # torch.compile takes a minute or two on two shared cores
+def test_compile_gives_the_eager_result_up_to_float_rounding(
+    model: Path, small_sample: list[str], tmp_path: Path
+) -> None:
+    tiles = ("--tile", "64", "--overlap", "32")
+    eager = upscale(model, tmp_path / "eager.tif", *tiles, sample=small_sample)
+    compiled = upscale(model, tmp_path / "compiled.tif", *tiles, "--compile", sample=small_sample)
+    difference = np.abs(eager.astype(np.int16) - compiled.astype(np.int16))
+    assert difference.max() <= 1, difference.max()
+    assert (difference > 0).mean() < 0.01
+
+
+def test_compile_without_a_network_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "sr.tif"
+    result = run_cli(["upscale", *SAMPLE_INPUTS, "-o", str(out), "--engine", "guided", "--compile"])
+    assert result.returncode == 2, result.stderr
+    assert "--compile" in result.stderr and "guided engine has none" in result.stderr
+    assert not out.exists()
