@@ -269,7 +269,7 @@ class StripAccumulator:
 
     Tiles must be added in plan order (row-major); ``add`` returns an iterator over the strips
     each tile finishes, computed one at a time as it is consumed, so a consumer that drops
-    each strip before taking the next holds one strip's values at a time (25 MiB for 256
+    each strip before taking the next holds one strip's values at a time (24 MiB for 256
     rows of an 8192 px wide RGB output); take them all before the next ``add``. Rows above
     the next tile row can no longer change; they leave in strips of ``block_rows`` rows at
     offsets that are multiples of it (the last strip ends at the raster's bottom), so each
