@@ -267,11 +267,14 @@ class Strip:
 class StripAccumulator:
     """Overlap-add of tiles into a buffer of output rows that streams out finished strips.
 
-    Tiles must be added in plan order (row-major); ``add`` returns the strips each tile
-    finishes. Rows above the next tile row can no longer change; they leave in strips of
-    ``block_rows`` rows at offsets that are multiples of it (the last strip ends at the
-    raster's bottom), so each output block is written exactly once and memory stays at about
-    ``tile_px + block_rows`` rows, whatever the raster height.
+    Tiles must be added in plan order (row-major); ``add`` returns an iterator over the strips
+    each tile finishes, computed one at a time as it is consumed, so a consumer that drops
+    each strip before taking the next holds one strip's values at a time (24 MiB for 256
+    rows of an 8192 px wide RGB output); take them all before the next ``add``. Rows above
+    the next tile row can no longer change; they leave in strips of ``block_rows`` rows at
+    offsets that are multiples of it (the last strip ends at the raster's bottom), so each
+    output block is written exactly once and memory stays at about ``tile_px + block_rows``
+    rows, whatever the raster height.
 
     A resumed run starts at ``first_row``: tiles are added from ``first_tile(plan,
     first_row)`` on, and rows above ``first_row`` (which those tiles reach only in part) are
@@ -301,14 +304,15 @@ class StripAccumulator:
         self._valid = np.zeros((rows, width), dtype=bool)  # (rows, W)
         self._first_row = first_row
         self._added = first_tile(plan, first_row)  # index of the next tile
+        self._pending = False  # the strips the last tile finished are not all taken yet
         starts = plan.row_starts[self._added // len(plan.col_starts) :]
         # output row held in buffer row 0: a block boundary at or above the next tile
         self._base = starts[0] // block_rows * block_rows if starts else first_row
 
     def add(
         self, tile: Tile, values: npt.NDArray[np.floating], valid: npt.NDArray[np.bool_]
-    ) -> list[Strip]:
-        """Accumulate one tile and return the strips it finished (usually none or one).
+    ) -> Iterator[Strip]:
+        """Accumulate one tile and return the strips it finished (usually none or one), lazily.
 
         Args:
             tile: the next tile of the plan.
@@ -317,7 +321,12 @@ class StripAccumulator:
 
         Returns:
             Finished strips, top to bottom; each row is returned exactly once over all calls.
+
+        Raises:
+            RuntimeError: the strips of the previous tile were not all taken.
         """
+        if self._pending:
+            raise RuntimeError("the strips of the previous tile were not all taken")
         if tile.index != self._added:
             raise ValueError(f"tile {tile.index} added out of order (expected {self._added})")
         win = tile.out
@@ -332,9 +341,10 @@ class StripAccumulator:
         self._wsum[rows, cols] += weight
         self._valid[rows, cols] |= valid & (weight > 0)
         self._added += 1
+        self._pending = True
         return self._pop_finished()
 
-    def _pop_finished(self) -> list[Strip]:
+    def _pop_finished(self) -> Iterator[Strip]:
         """The rows that no remaining tile can change, as strips of ``block_rows`` rows."""
         height = self.plan.shape[0]
         tiles = self.plan.tiles
@@ -345,18 +355,18 @@ class StripAccumulator:
             self._shift(partial)
         count = end - self._base
         if count <= 0:
-            return []
+            self._pending = False
+            return
         wsum = self._wsum[:count]
         if not bool((wsum > 0).all()):
             row = int(np.argwhere(~(wsum > 0).all(axis=1))[0, 0]) + self._base
             raise AssertionError(f"output row {row} has pixels that no tile weights")
-        strips = []
         for top in range(0, count, self.block_rows):
             rows = slice(top, min(count, top + self.block_rows))
-            values = self._acc[:, rows] / wsum[rows]  # (C, block_rows, W)
-            strips.append(Strip(self._base + top, values, self._valid[rows].copy()))
+            # No local name holds the values (C, block_rows, W): the consumer frees them.
+            yield Strip(self._base + top, self._acc[:, rows] / wsum[rows], self._valid[rows].copy())
         self._shift(count)
-        return strips
+        self._pending = False
 
     def _shift(self, count: int) -> None:
         """Drop the first ``count`` buffer rows and zero the freed rows at the bottom.

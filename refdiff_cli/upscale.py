@@ -386,6 +386,7 @@ def upscale(
             arrays = strip_arrays(strip, n_bands, dtype, nodata, layers)
             write_rows(strip.row_off, arrays)
             journal.commit(strip.row_off, arrays)
+            del strip, arrays  # freed before the next strip is computed: peak memory
         if clamped:
             logger.info("%d output values were clamped to the %s range", clamped, dtype.name)
         writer.finalize(
@@ -426,8 +427,10 @@ def strip_arrays(
 ) -> dict[str, npt.NDArray[Any]]:
     """What is written for one strip, by name: "image" (C, rows, W) in ``dtype``, "valid"
     (rows, W), "clamped" ([count] of clamped values), "mask" (1, rows, W) uint8 with
-    ``--mask-out``, "trust" (2, rows, W) float32 with ``--trust-out``."""
-    values, n_clamped = normalize.cast_to_dtype(strip.values[:n_bands], dtype)
+    ``--mask-out``, "trust" (2, rows, W) float32 with ``--trust-out``. Overwrites the strip's
+    image values (integer outputs)."""
+    # The strip's image values are not needed after the cast: rounded in place.
+    values, n_clamped = normalize.cast_to_dtype(strip.values[:n_bands], dtype, overwrite=True)
     normalize.reserve_nodata(values, strip.valid, nodata)
     arrays = {"image": values, "valid": strip.valid, "clamped": np.array([n_clamped], np.int64)}
     extra = dict(zip(layers, strip.values[n_bands:], strict=True))

@@ -8,8 +8,11 @@ import rasterio
 
 #: GDAL block cache in bytes. rasterio passes integers through as bytes, so "64" would mean
 #: 64 bytes (measured: 3.4x slower reads); the cache bounds memory on large rasters. 64 MiB
-#: read a 20000^2 LR in 2.6 s at 133 MB peak RSS (reliability.md, finding 11).
-GDAL_CACHE_BYTES = 64 * 1024 * 1024
+#: read a 20000^2 LR in 2.6 s at 133 MB peak RSS (reliability.md, finding 11); 16 MiB still
+#: holds a 256-row block row of a 20000 px wide RGB uint8 raster (scans decode each block
+#: once), and an 8192^2 bicubic upscale peaked 50-60 MiB lower at the same CPU time and
+#: bytes (uint8 and float32 outputs; issue 11).
+GDAL_CACHE_BYTES = 16 * 1024 * 1024
 
 
 def rasterio_env(**extra: Any) -> rasterio.Env:

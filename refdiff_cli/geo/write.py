@@ -791,14 +791,17 @@ class BandStatistics:
         if n == 0:
             return
         mean = float(picked.mean())
-        m2 = float(np.square(picked - mean).sum())
+        self.minimum = min(self.minimum, float(picked.min()))
+        self.maximum = max(self.maximum, float(picked.max()))
+        # Squared deviations in place: one float64 copy of the strip band, not three
+        # (a 8192 px wide strip of 256 rows: 16 MiB instead of 48).
+        np.subtract(picked, mean, out=picked)
+        m2 = float(np.square(picked, out=picked).sum())
         total = self.count + n
         delta = mean - self.mean
         self.mean += delta * n / total
         self.m2 += m2 + delta * delta * self.count * n / total
         self.count = total
-        self.minimum = min(self.minimum, float(picked.min()))
-        self.maximum = max(self.maximum, float(picked.max()))
 
     def tags(self, pixels: int) -> dict[str, str]:
         """GDAL's ``STATISTICS_*`` band tags for a band of ``pixels`` pixels; {} without data."""

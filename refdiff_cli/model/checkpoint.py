@@ -29,7 +29,7 @@ DEFAULT_MODEL_SHA256 = "bdd947bb2dc2eb611b0db68ea7ca999193dd369f8fe047fdde6b499a
 #: written when it was packaged: its network is fully convolutional, so a tile costs the same
 #: per pixel at any size and 512 px tiles recompute (512/448)^2 = 1.31 times the output area
 #: instead of (256/192)^2 = 1.78 (``benchmarks/throughput.py`` at 2048^2: 0.43-0.55x the time,
-#: +0.04 dB, +240 MiB peak). ``train_eval.default_tiling`` gives the same for such networks.
+#: +0.04 dB, +460 MiB peak). ``train_eval.default_tiling`` gives the same for such networks.
 DEFAULT_MODEL_TILING = (512, 64, 16)  # tile_px, overlap_px, margin_px
 
 #: safetensors headers are JSON objects; larger headers than this are not model files.

@@ -248,6 +248,18 @@ def test_tiles_must_come_in_plan_order() -> None:
         accumulator.add(second, np.zeros((1, 32, 32), np.float32), np.ones((32, 32), bool))
 
 
+def test_the_next_tile_waits_until_the_finished_strips_are_taken() -> None:
+    """Strips are computed as they are taken; adding on before that would lose them."""
+    plan = plan_tiles((64, 32), tile_px=32, overlap_px=16, margin_px=4, scale=1)
+    accumulator = StripAccumulator(plan, 1, block_rows=16)
+    ones = np.ones((1, 32, 32), np.float32), np.ones((32, 32), bool)
+    strips = accumulator.add(plan.tiles[0], *ones)
+    with pytest.raises(RuntimeError, match="not all taken"):
+        accumulator.add(plan.tiles[1], *ones)
+    assert [strip.row_off for strip in strips] == [0]
+    assert [strip.row_off for strip in accumulator.add(plan.tiles[1], *ones)] == [16]
+
+
 @given(plan=plan_strategy())
 def test_lazy_tiles_are_the_row_major_grid_of_the_starts(plan: TilePlan) -> None:
     height, width = plan.shape
