@@ -27,7 +27,7 @@ from refdiff_cli.data.degrade import upsample
 from refdiff_cli.engines import Engine, EngineBatch
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo.band_names import RGB
-from refdiff_cli.guided import GuidedConfig, guided_transfer, reference_shift
+from refdiff_cli.guided import guided_transfer, reference_shift
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -89,15 +89,11 @@ def find_rgb(
     Args:
         names: canonical names (``band_name``) of the selected LR bands.
         lr_bands: the selected LR bands, 1-based.
-        rgb: ``--rgb``: 1-based LR band indexes of red, green, blue; None to find them.
+        rgb: ``--rgb`` (validated by ``UpscaleOptions``): 1-based LR band indexes of red,
+            green, blue; None to find them.
         lr_path: the LR file, for messages.
     """
-    if rgb is not None:
-        if len(rgb) != 3 or len(set(rgb)) != 3:
-            raise ConfigError(
-                f"--rgb {','.join(map(str, rgb))}: give three different bands",
-                hint="1-based LR band indexes of red, green and blue, e.g. --rgb 3,2,1",
-            )
+    if rgb is not None:  # three different bands: ``UpscaleOptions`` checked that
         missing = [b for b in rgb if b not in lr_bands]
         if missing:
             raise ConfigError(
@@ -187,7 +183,6 @@ class RoutedEngine:
         self.inner = inner
         self.routes = routes
         self.ref_strength = ref_strength
-        self.config = inner.guided_config or GuidedConfig()
         self.name = inner.name
         self.sha256 = inner.sha256
         self.scale = inner.scale
@@ -230,7 +225,7 @@ class RoutedEngine:
     def _transfer(self, core: EngineBatch, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """(B, K, H, W) guided estimates of K other bands, each fitted on its own."""
         shift = reference_shift(
-            core.lr, core.ref, ref_valid=core.ref_valid, scale=self.scale, config=self.config
+            core.lr, core.ref, ref_valid=core.ref_valid, scale=self.scale, config=self.guided_config
         )
         k = lr.shape[1]
 
@@ -246,7 +241,7 @@ class RoutedEngine:
             mask=repeat(core.mask.float()),
             ref_valid=repeat(core.ref_valid),
             scale=self.scale,
-            config=self.config,
+            config=self.guided_config,
             shift=repeat(shift),
         )
         estimate = result.estimate.reshape(lr.shape[0], k, *result.estimate.shape[2:])

@@ -310,7 +310,8 @@ def upscale(
         nodata = normalize.choose_output_nodata(
             dtype, sources.lr.nodata, lr_has_invalid=sources.lr_has_invalid
         )
-    tags = provenance_tags(job, engine, options, plan, sources, space, routes)
+    band_paths = routes.paths(engine, sources.lr_bands, sources.ref_bands)
+    tags = provenance_tags(job, engine, options, plan, sources, space, band_paths)
     on_event(Started(task=job.output.name, total=len(plan.tiles)))
     clamped = 0
     with (
@@ -393,7 +394,7 @@ def upscale(
             tags,
             band_tags=[
                 {"REFDIFF_PATH": row["path"], "REFDIFF_REF_BAND": str(row["ref_band"] or "none")}
-                for row in routes.paths(engine, sources.lr_bands, sources.ref_bands)
+                for row in band_paths
             ],
             before_publish=lambda: check_inputs_unchanged(sources),
         )
@@ -777,13 +778,11 @@ def _engine_batch(
     ref_t = torch.from_numpy(np.stack(ref_list).astype(np.float32))
     ref_valid_t = torch.from_numpy(np.stack(ref_valid_list))
     if space.mask_mode == "estimated":
-        lr_pos, ref_pos = zip(*space.compared, strict=True) if space.compared else ((), ())
-        mask_t = estimate_change(
-            lr_t[:, list(lr_pos)] if lr_pos else lr_t,
-            ref_t[:, list(ref_pos)] if ref_pos else ref_t,
-            ref_valid=ref_valid_t,
-            scale=scale,
-        )
+        lr_compared, ref_compared = lr_t, ref_t
+        if space.compared is not None:
+            lr_compared = lr_t[:, [lr_pos for lr_pos, _ in space.compared]]
+            ref_compared = ref_t[:, [ref_pos for _, ref_pos in space.compared]]
+        mask_t = estimate_change(lr_compared, ref_compared, ref_valid=ref_valid_t, scale=scale)
     elif space.mask_mode == "none":
         mask_t = torch.ones_like(ref_t[:, :1])
     else:
@@ -853,9 +852,10 @@ def provenance_tags(
     plan: TilePlan,
     sources: read.Sources,
     space: ModelSpace,
-    routes: BandRoutes,
+    band_paths: list[dict[str, Any]],
 ) -> dict[str, str]:
-    """GDAL metadata recording how the output was made (REFDIFF_COMPLETE is added last)."""
+    """GDAL metadata recording how the output was made (REFDIFF_COMPLETE is added last);
+    ``band_paths`` is ``BandRoutes.paths``: each output band's path."""
     return {
         "REFDIFF_VERSION": __version__,
         "REFDIFF_ENGINE": json.dumps(engine.describe(), sort_keys=True),
@@ -871,7 +871,7 @@ def provenance_tags(
             {
                 "lr": sources.lr_bands,
                 "ref": sources.ref_bands,
-                "paths": routes.paths(engine, sources.lr_bands, sources.ref_bands),
+                "paths": band_paths,
             }
         ),
         "REFDIFF_NORMALIZATION": json.dumps(

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from refdiff_cli.bands import BandRoutes, RoutedEngine, find_rgb, route_bands
+from refdiff_cli.config import UpscaleOptions
 from refdiff_cli.data.degrade import downscale_bicubic, upsample
 from refdiff_cli.engines import BicubicEngine, EngineBatch, GuidedEngine
 from refdiff_cli.errors import ConfigError, InputError
@@ -103,13 +104,15 @@ def test_model_refuses_a_reference_without_one_of_its_bands() -> None:
         route(("red", "green", "blue"), (0, None, 1), ThreeBandModel())
 
 
-@pytest.mark.parametrize(
-    ("rgb", "message"),
-    [((1, 1, 2), "three different"), ((1, 2, 5), "not among"), ((1, 2), "three different")],
-)
-def test_bad_rgb_option(rgb: tuple[int, ...], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        find_rgb((None,) * 4, (1, 2, 3, 4), rgb, LR)
+@pytest.mark.parametrize("rgb", [(1, 1, 2), (1, 2)])
+def test_rgb_option_needs_three_different_bands(rgb: tuple[int, ...]) -> None:
+    with pytest.raises(ConfigError, match="three different"):
+        UpscaleOptions(rgb=rgb)
+
+
+def test_rgb_option_names_bands_that_are_selected() -> None:
+    with pytest.raises(ConfigError, match="not among"):
+        find_rgb((None,) * 4, (1, 2, 3, 4), (1, 2, 5), LR)
 
 
 def test_bicubic_engine_takes_every_band_directly() -> None:
