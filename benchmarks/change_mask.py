@@ -5,7 +5,7 @@ Usage:
         [--methods guided,model] [--sets synthetic,oscd,cd] [--work DIR] [--json OUT.json]
 
 On the held-out sets of ``benchmarks/fidelity.py`` (the same cases; no model trained on
-them), every method runs through ``refdiff_cli.evaluate`` three times, with
+them), every method runs through ``refdiff_cli.evaluate.run`` three times, with
 ``--mask-source`` label (the dataset's change mask), estimated (``change.estimate_change``,
 what ``refdiff upscale`` does without ``--mask``) and none (everything changed: the
 reference is not used). Prints two Markdown tables:
@@ -27,8 +27,8 @@ from typing import Any
 
 import rasterio
 
-from refdiff_cli.evaluate import evaluate
-from refdiff_cli.evaluate_options import EvalOptions, MaskSource
+from refdiff_cli.evaluate.options import EvalOptions, MaskSource
+from refdiff_cli.evaluate.run import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import SCALE, Case, build_cases, held_out_parser, shared_data

@@ -7,7 +7,7 @@ Usage:
 
 Prints one Markdown table of PSNR (dB) per method, each cell "all / changed / unchanged"
 (changed is "-" where a case has no changed pixel). Every method runs through
-``refdiff_cli.evaluate`` (the tiled pipeline users get, cast to the data type), at x8:
+``refdiff_cli.evaluate.run`` (the tiled pipeline users get, cast to the data type), at x8:
 
 - **sample**: the bundled sample scene (its real LR, 4 m) with references made from its
   true HR and an all-zero mask: perfect, radiometrically altered (per-band gain, gamma,
@@ -47,10 +47,10 @@ from affine import Affine
 
 from refdiff_cli.data.degrade import downscale_bicubic
 from refdiff_cli.data.normalize import cast_to_dtype
-from refdiff_cli.evaluate import evaluate
-from refdiff_cli.evaluate_options import EvalOptions
-from refdiff_cli.guided import shift_image
-from refdiff_cli.train_references import synthesised_reference
+from refdiff_cli.evaluate.options import EvalOptions
+from refdiff_cli.evaluate.run import evaluate
+from refdiff_cli.reference.guided import shift_image
+from refdiff_cli.train.references import synthesised_reference
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"

@@ -59,10 +59,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import SCALE, shared_data, write_lr  # noqa: E402
 from upscale_memory import LR_PIXEL_M, REF_PIXEL_M, write_scene  # noqa: E402
 
-from refdiff_cli.metrics import psnr  # noqa: E402
+from refdiff_cli.metrics.scores import psnr  # noqa: E402
 from refdiff_cli.model.checkpoint import LoadedModel, load_model  # noqa: E402
 from refdiff_cli.model.precond import Conditioning  # noqa: E402
-from refdiff_cli.train_references import synthesised_reference  # noqa: E402
+from refdiff_cli.train.references import synthesised_reference  # noqa: E402
 
 #: The HR truth of the real scene, relative to the shared data folder.
 SCENE = Path("geotiff") / "cogeo.tif"

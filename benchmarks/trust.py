@@ -6,7 +6,7 @@ Usage:
 
 On the held-out sets of ``benchmarks/fidelity.py`` (no model trained on them), runs the
 engine through the tiled pipeline ``upscale`` uses, with the ``--trust-out`` layers
-(``refdiff_cli/trust.py``), and pools every valid pixel of each set: pixels are binned by
+(``refdiff_cli/reference/trust.py``), and pools every valid pixel of each set: pixels are binned by
 deciles of band 2 (the uncertainty, output units) and the table gives, per bin, the mean
 uncertainty, the mean absolute error (band mean of |SR - HR|, output units) and the mean
 reference weight. A calibrated layer has an error that rises from bin to bin.
@@ -25,9 +25,9 @@ import numpy as np
 import rasterio
 
 from refdiff_cli.config import UpscaleOptions
-from refdiff_cli.evaluate_inputs import load_sample, open_dataset, resolve_layout
-from refdiff_cli.evaluate_methods import BLOCK_ROWS, array_space, sample_reader
-from refdiff_cli.upscale import load_engine, sr_strips, tile_plan
+from refdiff_cli.evaluate.inputs import load_sample, open_dataset, resolve_layout
+from refdiff_cli.evaluate.methods import BLOCK_ROWS, array_space, sample_reader
+from refdiff_cli.upscale.run import load_engine, sr_strips, tile_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import SCALE, build_cases, held_out_parser, shared_data

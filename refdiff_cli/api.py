@@ -32,10 +32,10 @@ from refdiff_cli.errors import ConfigError
 from refdiff_cli.events import EventHandler, ignore_event
 
 if TYPE_CHECKING:
-    from refdiff_cli.batch import BatchReport
-    from refdiff_cli.evaluate import EvalReport
-    from refdiff_cli.evaluate_options import EvalOptions
-    from refdiff_cli.upscale import UpscaleJob, UpscaleReport
+    from refdiff_cli.evaluate.options import EvalOptions
+    from refdiff_cli.evaluate.run import EvalReport
+    from refdiff_cli.upscale.batch import BatchReport
+    from refdiff_cli.upscale.run import UpscaleJob, UpscaleReport
 
 __all__ = [
     "evaluate",
@@ -90,7 +90,7 @@ def upscale(
             "upscale(): skip_existing reports skipped items, which only upscale_batch() returns",
             hint="use upscale_batch([...], skip_existing=True), or overwrite=True",
         )
-    from refdiff_cli.batch import check_layer_outputs
+    from refdiff_cli.upscale.batch import check_layer_outputs
 
     paths = {"lr": lr, "ref": ref, "mask": mask, "output": out}
     job = _job({**paths, "mask_out": mask_out, "trust_out": trust_out})
@@ -138,9 +138,9 @@ def run_upscale(
     checked with ``geo.write.check_creation_options``, as the CLI does). Under torchrun every
     rank calls this; rank 0's report covers all jobs (``batch.run_batch``).
     """
-    from refdiff_cli.batch import run_batch
-    from refdiff_cli.distributed import World, process_group
-    from refdiff_cli.upscale import load_engine
+    from refdiff_cli.upscale.batch import run_batch
+    from refdiff_cli.upscale.distributed import World, process_group
+    from refdiff_cli.upscale.run import load_engine
 
     world = World.from_env()
     with process_group(world):
@@ -168,7 +168,7 @@ def evaluate(
         A figure that failed after the metrics leaves them standing and sets
         ``report.figure_error`` (the CLI's exit 4).
     """
-    from refdiff_cli.evaluate import evaluate as run_evaluate
+    from refdiff_cli.evaluate.run import evaluate as run_evaluate
 
     return run_evaluate(_path(dataset), evaluate_options(**options), on_event=on_event)
 
@@ -190,14 +190,14 @@ def upscale_options(**options: Any) -> UpscaleOptions:
 
 def evaluate_options(**options: Any) -> EvalOptions:
     """Validated ``EvalOptions`` from keyword arguments (see ``upscale_options``)."""
-    from refdiff_cli.evaluate_options import EvalOptions
+    from refdiff_cli.evaluate.options import EvalOptions
 
     return EvalOptions(**_values(EvalOptions, "evaluate", options))
 
 
 def _job(job: UpscaleJob | Mapping[str, PathLike | None]) -> UpscaleJob:
     """An ``UpscaleJob`` from a job or a mapping of paths; ConfigError naming a bad key."""
-    from refdiff_cli.upscale import UpscaleJob
+    from refdiff_cli.upscale.run import UpscaleJob
 
     if isinstance(job, UpscaleJob):
         return job

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from refdiff_cli.config import UpscaleOptions
-from refdiff_cli.data.dataset import ChipDataset
 from refdiff_cli.data.degrade import downscale_bicubic
-from refdiff_cli.engines import EngineBatch
-from refdiff_cli.train_references import synthesised_reference
-from refdiff_cli.trust import UncertaintyGains, lr_texture
-from refdiff_cli.upscale import load_engine
+from refdiff_cli.datasets.chips import ChipDataset
+from refdiff_cli.reference.trust import UncertaintyGains, lr_texture
+from refdiff_cli.train.references import synthesised_reference
+from refdiff_cli.upscale.engines import EngineBatch
+from refdiff_cli.upscale.run import load_engine
 
 SCALE = 8
 

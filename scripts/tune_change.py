@@ -27,18 +27,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refdiff_cli.change import (
+from refdiff_cli.data.degrade import downscale_bicubic
+from refdiff_cli.datasets.chips import ChipDataset
+from refdiff_cli.metrics.scores import mask_counts, mask_scores
+from refdiff_cli.reference.change import (
     ChangeConfig,
     ChangeEvidence,
     change_evidence,
     change_vector_analysis,
     decide,
 )
-from refdiff_cli.data.dataset import ChipDataset
-from refdiff_cli.data.degrade import downscale_bicubic
-from refdiff_cli.guided import guided_transfer, reference_shift
-from refdiff_cli.metrics import mask_counts, mask_scores
-from refdiff_cli.train_references import synthesised_reference
+from refdiff_cli.reference.guided import guided_transfer, reference_shift
+from refdiff_cli.train.references import synthesised_reference
 
 SCALE = 8
 

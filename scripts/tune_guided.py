@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refdiff_cli.data.dataset import ChipDataset
 from refdiff_cli.data.degrade import downscale_bicubic, upsample
-from refdiff_cli.guided import GuidedConfig, guided_transfer
-from refdiff_cli.metrics import psnr
-from refdiff_cli.train_references import synthesised_reference
+from refdiff_cli.datasets.chips import ChipDataset
+from refdiff_cli.metrics.scores import psnr
+from refdiff_cli.reference.guided import GuidedConfig, guided_transfer
+from refdiff_cli.train.references import synthesised_reference
 
 SCALE = 8
 

@@ -150,8 +150,8 @@ def train_command(
 
     Example: refdiff train chips/ -o runs/small-x8 --steps 20000
     """
-    from refdiff_cli import train as train_tool
-    from refdiff_cli.train_plan import resolve
+    from refdiff_cli.train import run as train_tool
+    from refdiff_cli.train.plan import resolve
 
     config = resolve_config(
         config_file,

@@ -65,9 +65,9 @@ def resolve_jobs(
     trust_out: Path | None = None,
 ) -> list[Any]:
     """Turn positional inputs or a list file into upscale jobs with explicit output paths."""
-    from refdiff_cli.batch import check_layer_outputs, jobs_from_list, output_names
     from refdiff_cli.geo.write import check_output_name
-    from refdiff_cli.upscale import UpscaleJob
+    from refdiff_cli.upscale.batch import check_layer_outputs, jobs_from_list, output_names
+    from refdiff_cli.upscale.run import UpscaleJob
 
     if from_list is not None:
         if lr or ref or mask:
@@ -333,7 +333,7 @@ def upscale_command(
     )
     jobs = resolve_jobs(lr, ref, mask, output, from_list, mask_out, trust_out)
     verbosity = ctx.obj["verbosity"] if ctx.obj else 0
-    from refdiff_cli.distributed import World
+    from refdiff_cli.upscale.distributed import World
 
     main_rank = World.from_env().rank == 0  # under torchrun, rank 0 alone speaks
     if not main_rank and verbosity <= 0:

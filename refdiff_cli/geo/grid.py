@@ -12,7 +12,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from refdiff_cli.tiling import PixelWindow
+from refdiff_cli.data.tiling import PixelWindow
 
 #: Points per footprint edge when a footprint is projected into another CRS.
 FOOTPRINT_DENSIFY = 32

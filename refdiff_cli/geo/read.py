@@ -24,12 +24,12 @@ from rasterio.vrt import WarpedVRT
 
 from refdiff_cli.data import masks
 from refdiff_cli.data.normalize import PercentileAccumulator
+from refdiff_cli.data.tiling import PixelWindow
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo.band_names import band_name, names_are_usable
 from refdiff_cli.geo.env import rasterio_env
 from refdiff_cli.geo.grid import Grid, coverage, ground_pixel_size, to_window, upscaled
 from refdiff_cli.geo.tiffcheck import truncation
-from refdiff_cli.tiling import PixelWindow
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from refdiff_cli.config import SamplerConfig, from_dict, to_dict
 from refdiff_cli.errors import ModelError
-from refdiff_cli.guided import GuidedConfig
 from refdiff_cli.model.precond import MASK_CHANNELS, TARGETS
+from refdiff_cli.reference.guided import GuidedConfig
 
 CARD_FORMAT = "refdiff-model"
 CARD_FORMAT_VERSION = 1

@@ -14,8 +14,8 @@ from torch import nn
 
 from refdiff_cli.config import TARGET_SIGMA_DATA, ReferenceMode
 from refdiff_cli.data.degrade import UpsampleMode, upsample
-from refdiff_cli.guided import GuidedConfig, guided_transfer
 from refdiff_cli.model.network import RefDiffUNet, check_shape
+from refdiff_cli.reference.guided import GuidedConfig, guided_transfer
 
 #: What a Ref-Diff model generates: the HR image (the paper), or the residual HR - LR_up, for
 #: which even an untrained network's denoised estimate D(x; sigma_max) is LR_up itself.

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from refdiff_cli import evaluate_report
+from refdiff_cli.evaluate import report as evaluate_report
 from tests.conftest import run_cli
 from tests.integration.test_evaluate_cli import make_cd
 

@@ -9,11 +9,11 @@ import numpy as np
 import rasterio
 
 from refdiff_cli.files import file_sha256
-from refdiff_cli.metrics import psnr
+from refdiff_cli.metrics.scores import psnr
 from refdiff_cli.model import checkpoint
 from refdiff_cli.model.checkpoint import load_model
 from refdiff_cli.model.network import NetworkConfig
-from refdiff_cli.train_eval import default_tiling
+from refdiff_cli.train.validation import default_tiling
 from tests.conftest import SAMPLE_DATA, run_cli, zero_sample_mask
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from refdiff_cli.config import UpscaleOptions
-from refdiff_cli.engines import BicubicEngine
-from refdiff_cli.evaluate import evaluate
-from refdiff_cli.evaluate_options import EvalOptions
+from refdiff_cli.evaluate.options import EvalOptions
+from refdiff_cli.evaluate.run import evaluate
 from refdiff_cli.geo.images import read_image, write_png
-from refdiff_cli.upscale import UpscaleJob, upscale
+from refdiff_cli.upscale.engines import BicubicEngine
+from refdiff_cli.upscale.run import UpscaleJob, upscale
 from tests.conftest import SAMPLE_DATA, run_cli
 
 CliRunner = Callable[..., tuple[int, str, str]]
@@ -124,7 +124,7 @@ def test_error_exit_codes(
 def test_model_method_without_any_model_is_a_usage_error(
     tmp_path: Path, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("refdiff_cli.evaluate.default_model_installed", lambda: False)
+    monkeypatch.setattr("refdiff_cli.evaluate.run.default_model_installed", lambda: False)
     code, _, err = cli("evaluate", make_cd(tmp_path / "cd"), "--methods", "bicubic,model")
     assert code == 2 and "no model is installed" in err and "--model PATH" in err
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refdiff_cli.evaluate_report import (
+from refdiff_cli.evaluate.report import (
     FIGURE_GAP_PX,
     GLYPH_H,
     LABEL_SCALE,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from refdiff_cli.data import masks
-from refdiff_cli.data.layouts import LoadedItem, detect_layout, list_items, load_item, split_of
+from refdiff_cli.datasets.layouts import LoadedItem, detect_layout, list_items, load_item, split_of
 from refdiff_cli.errors import InputError
 from refdiff_cli.geo.images import read_image
 
@@ -75,7 +75,7 @@ def test_paddlers_class_map_is_skipped_and_reads_as_codes(
     shared_data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = shared_data / "cd_pairs" / "paddlers"
-    with caplog.at_level(logging.WARNING, logger="refdiff_cli.data.layouts"):
+    with caplog.at_level(logging.WARNING, logger="refdiff_cli.datasets.layouts"):
         assert [item.name for item in list_items(root)] == ["optical"]
     assert "skipped 1 name(s)" in caplog.text and "optical_multiclass" in caplog.text
     # Palette indices are the class codes (code 0 is drawn white, code 1 black).

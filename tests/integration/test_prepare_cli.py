@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refdiff_cli.data.dataset import ChipDataset
+from refdiff_cli.datasets.chips import ChipDataset
 from tests.conftest import run_cli
 from tests.unit.test_prepare import make_cd
 

@@ -22,18 +22,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from refdiff_cli import train as train_tool
 from refdiff_cli.config import SamplerConfig, TrainConfig, from_dict, save_json, to_dict
-from refdiff_cli.data.dataset import ChipDataset, ShardWriter
 from refdiff_cli.data.degrade import downscale_bicubic
-from refdiff_cli.engines import DiffusionEngine, EngineBatch
+from refdiff_cli.datasets.chips import ChipDataset, ShardWriter
 from refdiff_cli.errors import ConfigError, TrainingDiverged
 from refdiff_cli.files import file_sha256
-from refdiff_cli.guided import GuidedConfig, guided_transfer
 from refdiff_cli.model.checkpoint import load_model
-from refdiff_cli.train import TrainHooks, train
-from refdiff_cli.train_plan import batch_indices, lr_at, resolve
-from refdiff_cli.train_state import deferred_signals, ema_beta, load_checkpoint, save_checkpoint
+from refdiff_cli.reference.guided import GuidedConfig, guided_transfer
+from refdiff_cli.train import run as train_tool
+from refdiff_cli.train.plan import batch_indices, lr_at, resolve
+from refdiff_cli.train.run import TrainHooks, train
+from refdiff_cli.train.state import deferred_signals, ema_beta, load_checkpoint, save_checkpoint
+from refdiff_cli.upscale.engines import DiffusionEngine, EngineBatch
 from tests.conftest import REPO_ROOT, run_cli
 
 CHIP_PX, BANDS = 64, ("red", "green", "blue")

@@ -17,9 +17,9 @@ import rasterio
 from affine import Affine
 from rasterio.warp import Resampling, reproject
 
+from refdiff_cli.data.tiling import PixelWindow
 from refdiff_cli.geo.grid import upscaled
 from refdiff_cli.geo.read import SourceReader, open_sources
-from refdiff_cli.tiling import PixelWindow
 from tests.conftest import RasterFactory, run_cli
 from tests.integration.test_cli_upscale import HR_TRANSFORM, LR_TRANSFORM, SCALE, scene
 

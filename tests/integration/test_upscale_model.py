@@ -14,13 +14,13 @@ import torch
 
 from refdiff_cli.config import SamplerConfig
 from refdiff_cli.data import masks, normalize
+from refdiff_cli.data.tiling import TilePlan, plan_tiles
 from refdiff_cli.diffusion.noise import PixelNoise, make_noise_fn
 from refdiff_cli.diffusion.sampler import initial_state, sample
-from refdiff_cli.engines import EngineBatch
 from refdiff_cli.files import file_sha256
 from refdiff_cli.model.checkpoint import load_model, save_model
-from refdiff_cli.tiling import TilePlan, plan_tiles
-from refdiff_cli.upscale import ModelSpace, sr_strips
+from refdiff_cli.upscale.engines import EngineBatch
+from refdiff_cli.upscale.run import ModelSpace, sr_strips
 from tests.conftest import SAMPLE_DATA, SAMPLE_INPUTS, run_cli, write_tiny_model
 
 #: The sample's LR cropped to its top-left 12 x 12 px: a 96 x 96 output, 4 tiles of 64 px.

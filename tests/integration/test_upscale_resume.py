@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from refdiff_cli.journal import journal_folder
+from refdiff_cli.upscale.journal import journal_folder
 from tests.conftest import SAMPLE_INPUTS, run_cli
 
 #: The sample scene in 16 tiles (4 tile rows) and 6 strips of 64 rows.
@@ -33,7 +33,7 @@ OPTIONS = [
 #: REFDIFF_TEST_KILL_AFTER-th strip: a kill -9 at a known point, with no hook in the product.
 KILLER = """
 import os, signal, sys
-from refdiff_cli import journal
+from refdiff_cli.upscale import journal
 commit, after = journal.ResumeJournal.commit, int(os.environ["REFDIFF_TEST_KILL_AFTER"])
 def killing_commit(self, row_off, arrays):
     commit(self, row_off, arrays)

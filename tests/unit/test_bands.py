@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from refdiff_cli.bands import BandRoutes, RoutedEngine, find_rgb, route_bands
 from refdiff_cli.config import UpscaleOptions
 from refdiff_cli.data.degrade import downscale_bicubic, upsample
-from refdiff_cli.engines import BicubicEngine, EngineBatch, GuidedEngine
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo import read
 from refdiff_cli.geo.band_names import band_name
-from refdiff_cli.guided import guided_transfer, reference_shift
+from refdiff_cli.reference.guided import guided_transfer, reference_shift
+from refdiff_cli.upscale.bands import BandRoutes, RoutedEngine, find_rgb, route_bands
+from refdiff_cli.upscale.engines import BicubicEngine, EngineBatch, GuidedEngine
 
 LR, REF = Path("lr.tif"), Path("ref.tif")
 SCALE = 4

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from refdiff_cli.change import (
+from refdiff_cli.data.degrade import downscale_bicubic
+from refdiff_cli.metrics.scores import mask_counts, mask_scores
+from refdiff_cli.reference.change import (
     ChangeConfig,
     change_vector_analysis,
     estimate_change,
     otsu_threshold,
 )
-from refdiff_cli.data.degrade import downscale_bicubic
-from refdiff_cli.metrics import mask_counts, mask_scores
 
 SCALE = 8
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from refdiff_cli import train as train_tool
 from refdiff_cli.cli import run
 from refdiff_cli.errors import Interrupted
+from refdiff_cli.train import run as train_tool
 
 
 @pytest.fixture(autouse=True)

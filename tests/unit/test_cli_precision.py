@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from refdiff_cli import cli, engines
+from refdiff_cli import cli
 from refdiff_cli.errors import ConfigError
+from refdiff_cli.model import device
 from refdiff_cli.model.checkpoint import default_model_installed
 
 needs_default_model = pytest.mark.skipif(
@@ -41,7 +42,7 @@ def run_bf16(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 def test_bf16_on_a_cpu_without_bf16_exits_2_naming_the_fix(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(engines, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
     code, err = run_bf16(tmp_path, capsys)
     assert code == 2, err
     assert "--precision bf16 on a CPU without bf16 instructions" in err
@@ -56,17 +57,17 @@ def test_bf16_on_a_cpu_with_bf16_or_an_unknown_cpu_runs(
     capsys: pytest.CaptureFixture[str],
     has_bf16: bool | None,
 ) -> None:
-    monkeypatch.setattr(engines, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: has_bf16)
     code, err = run_bf16(tmp_path, capsys)
     assert code == 3 and "missing.tif" in err  # past the engine, stopped by the inputs
 
 
 def test_the_bicubic_and_gpu_engines_are_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engines, "cpu_has_bf16", lambda: False)
-    engines.check_precision(torch.device("cpu"), "fp32")
-    engines.check_precision(torch.device("cuda"), "bf16")  # a device type, not opened
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    device.check_precision(torch.device("cpu"), "fp32")
+    device.check_precision(torch.device("cuda"), "bf16")  # a device type, not opened
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
-        engines.check_precision(torch.device("cpu"), "fp16")
+        device.check_precision(torch.device("cpu"), "fp16")
 
 
 @pytest.mark.parametrize(
@@ -78,15 +79,15 @@ def test_cpuinfo_flags_tell_bf16_when_torch_cannot(
     monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n")
-    monkeypatch.setattr(engines, "CPUINFO", cpuinfo)
-    assert engines.cpu_has_bf16() is expected
-    monkeypatch.setattr(engines, "CPUINFO", tmp_path / "no-such-file")
-    assert engines.cpu_has_bf16() is None
+    monkeypatch.setattr(device, "CPUINFO", cpuinfo)
+    assert device.cpu_has_bf16() is expected
+    monkeypatch.setattr(device, "CPUINFO", tmp_path / "no-such-file")
+    assert device.cpu_has_bf16() is None
 
 
 def test_torch_capabilities_tell_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     caps = {"architecture": "x86_64", "avx2": True, "avx512_bf16": False, "amx_bf16": False}
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps, raising=False)
-    assert engines.cpu_has_bf16() is False
+    assert device.cpu_has_bf16() is False
     caps["amx_bf16"] = True
-    assert engines.cpu_has_bf16() is True
+    assert device.cpu_has_bf16() is True

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from refdiff_cli.data.dataset import ChipDataset, ShardWriter, dihedral, make_batch
+from refdiff_cli.datasets.chips import ChipDataset, ShardWriter, dihedral, make_batch
 from refdiff_cli.errors import InputError, OutputError
 
 S, SCALE, BANDS = 32, 4, ("red", "green", "blue")

@@ -24,7 +24,7 @@ from refdiff_cli.data.degrade import (
     upsample,
 )
 from refdiff_cli.errors import ConfigError
-from refdiff_cli.train_eval import make_training_lr
+from refdiff_cli.train.validation import make_training_lr
 
 #: Every step off: only the deterministic area pre-downscale and the final resize remain.
 NOTHING = DegradationConfig(

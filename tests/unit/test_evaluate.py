@@ -17,18 +17,18 @@ from refdiff_cli import __version__
 from refdiff_cli.config import SamplerConfig, to_dict
 from refdiff_cli.data import masks, normalize
 from refdiff_cli.data.degrade import downscale_bicubic, upsample
-from refdiff_cli.engines import BicubicEngine, Engine
+from refdiff_cli.data.tiling import plan_tiles
 from refdiff_cli.errors import ConfigError, InputError, OutputError
-from refdiff_cli.evaluate import evaluate
-from refdiff_cli.evaluate_methods import ArrayReader, HighPassEngine, RefEngine
-from refdiff_cli.evaluate_options import EvalOptions
+from refdiff_cli.evaluate.methods import ArrayReader, HighPassEngine, RefEngine
+from refdiff_cli.evaluate.options import EvalOptions
+from refdiff_cli.evaluate.run import evaluate
 from refdiff_cli.geo.images import read_image, write_png
-from refdiff_cli.metrics import PSNR_CAP_DB
+from refdiff_cli.metrics.scores import PSNR_CAP_DB
 from refdiff_cli.model.card import ModelCard
 from refdiff_cli.model.checkpoint import save_model
 from refdiff_cli.model.network import PRESETS, RefDiffUNet
-from refdiff_cli.tiling import plan_tiles
-from refdiff_cli.upscale import ModelSpace, sr_strips
+from refdiff_cli.upscale.engines import BicubicEngine, Engine
+from refdiff_cli.upscale.run import ModelSpace, sr_strips
 
 RNG = np.random.default_rng(20240607)
 OFFSET = 20  # DN by which A differs from B inside the changed block
@@ -243,7 +243,7 @@ def test_option_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         EvalOptions(methods=("ref",), sr_dirs=(("x", tmp_path), ("x", tmp_path)))
     with pytest.raises(ConfigError, match="--border"):
         EvalOptions(border=-1)
-    monkeypatch.setattr("refdiff_cli.evaluate.default_model_installed", lambda: False)
+    monkeypatch.setattr("refdiff_cli.evaluate.run.default_model_installed", lambda: False)
     with pytest.raises(ConfigError, match="no model is installed"):
         evaluate(root, EvalOptions(methods=("model",)))
     with pytest.raises(ConfigError, match="no image named zz"):
@@ -278,7 +278,7 @@ def test_paper_layout_uses_the_given_lr_and_grey_codes(tmp_path: Path) -> None:
 def test_lpips_with_local_weights(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from refdiff_cli.perceptual import EXPECTED_SHAPES
+    from refdiff_cli.metrics.perceptual import EXPECTED_SHAPES
 
     gen = torch.Generator().manual_seed(0)
     weights = {

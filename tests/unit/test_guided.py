@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from refdiff_cli.data.degrade import downscale_bicubic, upsample
-from refdiff_cli.guided import GuidedConfig, guided_transfer, register, shift_image
+from refdiff_cli.reference.guided import GuidedConfig, guided_transfer, register, shift_image
 
 SCALE = 8
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from refdiff_cli.errors import Interrupted, OutputError
-from refdiff_cli.journal import ResumeJournal, journal_folder, open_journal
+from refdiff_cli.upscale.journal import ResumeJournal, journal_folder, open_journal
 
 
 def strip(row_off: int, rows: int = 4) -> dict[str, np.ndarray]:

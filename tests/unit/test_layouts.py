@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from refdiff_cli.data import layouts
-from refdiff_cli.data.layouts import detect_layout, list_items, load_item, split_of
+from refdiff_cli.datasets import layouts
+from refdiff_cli.datasets.layouts import detect_layout, list_items, load_item, split_of
 from refdiff_cli.errors import ConfigError, InputError, OutputError
 from refdiff_cli.geo import images
 from refdiff_cli.geo.images import read_image, write_png
@@ -200,7 +200,7 @@ def test_cd_items_matched_by_stem_and_unmatched_skipped(
     write(root / "label" / "orphan.bmp", label(16, 24))
     (root / "A" / "readme.txt").write_text("ignored")
     (root / "A" / ".hidden.png").write_bytes(b"")
-    with caplog.at_level(logging.WARNING, logger="refdiff_cli.data.layouts"):
+    with caplog.at_level(logging.WARNING, logger="refdiff_cli.datasets.layouts"):
         items = list_items(root)
     assert [i.name for i in items] == ["a1", "b2", "c3"]
     first = items[0]

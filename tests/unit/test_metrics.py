@@ -13,8 +13,8 @@ from hypothesis.extra import numpy as hnp
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from refdiff_cli import metrics
-from refdiff_cli.metrics import (
+from refdiff_cli.metrics import scores as metrics
+from refdiff_cli.metrics.scores import (
     PSNR_CAP_DB,
     ergas,
     image_metrics,

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from refdiff_cli import perceptual
 from refdiff_cli.errors import ModelError
-from refdiff_cli.perceptual import (
+from refdiff_cli.metrics import perceptual
+from refdiff_cli.metrics.perceptual import (
     EXPECTED_SHAPES,
     LPIPS_SCALE,
     LPIPS_SHIFT,

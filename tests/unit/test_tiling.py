@@ -13,7 +13,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from refdiff_cli.data.degrade import upsample
-from refdiff_cli.tiling import (
+from refdiff_cli.data.tiling import (
     PixelWindow,
     StripAccumulator,
     Tile,

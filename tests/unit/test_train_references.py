@@ -7,8 +7,8 @@ import dataclasses
 import torch
 
 from refdiff_cli.config import TrainConfig
-from refdiff_cli.data.dataset import TrainBatch
-from refdiff_cli.train_references import training_references
+from refdiff_cli.datasets.chips import TrainBatch
+from refdiff_cli.train.references import training_references
 
 
 def _batch(n: int = 16, size: int = 64) -> TrainBatch:

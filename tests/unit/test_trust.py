@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from refdiff_cli.data.degrade import downscale_bicubic
-from refdiff_cli.engines import BicubicEngine, EngineBatch, GuidedEngine
-from refdiff_cli.trust import UncertaintyGains, lr_texture, uncertainty
+from refdiff_cli.reference.trust import UncertaintyGains, lr_texture, uncertainty
+from refdiff_cli.upscale.engines import BicubicEngine, EngineBatch, GuidedEngine
 
 SCALE = 8
 

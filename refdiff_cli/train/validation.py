@@ -11,13 +11,12 @@ import torch
 
 from refdiff_cli import __version__
 from refdiff_cli.config import SamplerConfig, StartName, TrainConfig, to_dict
-from refdiff_cli.data.dataset import ChipDataset, TrainBatch
 from refdiff_cli.data.degrade import UpsampleMode, make_lr
+from refdiff_cli.datasets.chips import ChipDataset, TrainBatch
 from refdiff_cli.diffusion.loss import EDMLoss, masked_mean
 from refdiff_cli.diffusion.sampler import initial_state, sample
 from refdiff_cli.errors import ConfigError
-from refdiff_cli.guided import GuidedConfig
-from refdiff_cli.metrics import PSNR_CAP_DB, psnr
+from refdiff_cli.metrics.scores import PSNR_CAP_DB, psnr
 from refdiff_cli.model.card import ModelCard
 from refdiff_cli.model.network import NetworkConfig
 from refdiff_cli.model.precond import (
@@ -27,7 +26,8 @@ from refdiff_cli.model.precond import (
     image_from_target,
     prepare_conditions,
 )
-from refdiff_cli.train_state import generator_for
+from refdiff_cli.reference.guided import GuidedConfig
+from refdiff_cli.train.state import generator_for
 
 #: The one LR_up interpolation of training and inference (recorded in the card).
 LR_UPSAMPLE: UpsampleMode = "bicubic"

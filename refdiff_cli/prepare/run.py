@@ -22,10 +22,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from refdiff_cli.config import to_dict
-from refdiff_cli.data.layouts import split_of
 from refdiff_cli.data.normalize import Normalization
-from refdiff_cli.data.prepare_read import OpenSource, chip_windows, open_source
-from refdiff_cli.data.prepare_sources import (
+from refdiff_cli.data.synthesize import SynthesisConfig
+from refdiff_cli.data.tiling import PixelWindow
+from refdiff_cli.datasets.layouts import split_of
+from refdiff_cli.datasets.shards import MANIFEST, SHARD_RE, SPLITS, ShardWriter
+from refdiff_cli.errors import ConfigError, InputError, OutputError
+from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
+from refdiff_cli.files import file_sha256
+from refdiff_cli.prepare.read import OpenSource, chip_windows, open_source
+from refdiff_cli.prepare.sources import (
     LAYOUT_OPTIONS,
     LayoutOption,
     MaskGridOption,
@@ -33,12 +39,6 @@ from refdiff_cli.data.prepare_sources import (
     channel_encoding,
     discover,
 )
-from refdiff_cli.data.shards import MANIFEST, SHARD_RE, SPLITS, ShardWriter
-from refdiff_cli.data.synthesize import SynthesisConfig
-from refdiff_cli.errors import ConfigError, InputError, OutputError
-from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
-from refdiff_cli.files import file_sha256
-from refdiff_cli.tiling import PixelWindow
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from refdiff_cli.data import layouts, masks
+from refdiff_cli.data import masks
+from refdiff_cli.datasets import layouts
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo import read
 

@@ -19,27 +19,9 @@ import numpy.typing as npt
 import torch
 
 from refdiff_cli import __version__
-from refdiff_cli.bands import BandRoutes, RoutedEngine, route_bands
-from refdiff_cli.change import estimate_change
 from refdiff_cli.config import UpscaleOptions, to_dict
 from refdiff_cli.data import masks, normalize
-from refdiff_cli.distributed import TileRows
-from refdiff_cli.engines import (
-    BicubicEngine,
-    DiffusionEngine,
-    Engine,
-    EngineBatch,
-    GuidedEngine,
-    resolve_device,
-)
-from refdiff_cli.errors import ConfigError, InputError
-from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
-from refdiff_cli.geo import grid as geogrid
-from refdiff_cli.geo import read, write
-from refdiff_cli.geo.env import GDAL_CACHE_BYTES
-from refdiff_cli.journal import open_journal
-from refdiff_cli.model.checkpoint import default_model_installed, load_model
-from refdiff_cli.tiling import (
+from refdiff_cli.data.tiling import (
     PixelWindow,
     Strip,
     StripAccumulator,
@@ -49,7 +31,25 @@ from refdiff_cli.tiling import (
     first_tile,
     plan_tiles,
 )
-from refdiff_cli.trust import uncertainty
+from refdiff_cli.errors import ConfigError, InputError
+from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
+from refdiff_cli.geo import grid as geogrid
+from refdiff_cli.geo import read, write
+from refdiff_cli.geo.env import GDAL_CACHE_BYTES
+from refdiff_cli.model.checkpoint import default_model_installed, load_model
+from refdiff_cli.model.device import resolve_device
+from refdiff_cli.reference.change import estimate_change
+from refdiff_cli.reference.trust import uncertainty
+from refdiff_cli.upscale.bands import BandRoutes, RoutedEngine, route_bands
+from refdiff_cli.upscale.distributed import TileRows
+from refdiff_cli.upscale.engines import (
+    BicubicEngine,
+    DiffusionEngine,
+    Engine,
+    EngineBatch,
+    GuidedEngine,
+)
+from refdiff_cli.upscale.journal import open_journal
 
 logger = logging.getLogger(__name__)
 

@@ -237,7 +237,9 @@ def load_lpips(path: Path, *, device: str | torch.device = "cpu") -> LPIPS:
                 raise ModelError(
                     f"LPIPS weights file {path} lacks tensor {missing[0]!r}"
                     + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""),
-                    hint="see refdiff_cli.perceptual.EXPECTED_SHAPES for the names expected",
+                    hint=(
+                        "see refdiff_cli.metrics.perceptual.EXPECTED_SHAPES for the names expected"
+                    ),
                 )
             unexpected = sorted(keys - set(EXPECTED_SHAPES))
             if unexpected:

@@ -14,10 +14,10 @@ from refdiff_cli.config import (
     TilingConfig,
     UpscaleOptions,
 )
-from refdiff_cli.data.layouts import LrKind
+from refdiff_cli.datasets.layouts import LrKind
 from refdiff_cli.errors import ConfigError
-from refdiff_cli.evaluate_inputs import LayoutName
-from refdiff_cli.evaluate_methods import ENGINE_METHODS
+from refdiff_cli.evaluate.inputs import LayoutName
+from refdiff_cli.evaluate.methods import ENGINE_METHODS
 from refdiff_cli.model.checkpoint import default_model_installed
 
 #: What ``evaluate --mask-source`` gives the methods as their change mask.

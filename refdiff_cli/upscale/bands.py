@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from refdiff_cli.data.degrade import upsample
-from refdiff_cli.engines import Engine, EngineBatch
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo.band_names import RGB
-from refdiff_cli.guided import guided_transfer, reference_shift
+from refdiff_cli.reference.guided import guided_transfer, reference_shift
+from refdiff_cli.upscale.engines import Engine, EngineBatch
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

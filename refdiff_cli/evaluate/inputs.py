@@ -12,13 +12,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from refdiff_cli.data import layouts, masks
+from refdiff_cli.data import masks
 from refdiff_cli.data.degrade import downscale_bicubic
 from refdiff_cli.data.normalize import DEFAULT_PERCENTILES, cast_to_dtype
+from refdiff_cli.data.tiling import PixelWindow
+from refdiff_cli.datasets import layouts
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo import grid as geogrid
 from refdiff_cli.geo import read
-from refdiff_cli.tiling import PixelWindow
 
 logger = logging.getLogger(__name__)
 

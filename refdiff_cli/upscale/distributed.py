@@ -27,7 +27,7 @@ import numpy.typing as npt
 import torch
 import torch.distributed as dist
 
-from refdiff_cli.tiling import Tile, TilePlan
+from refdiff_cli.data.tiling import Tile, TilePlan
 
 T = TypeVar("T")
 #: Longest one rank waits for another in one message: a rank whose share of a batch is done

@@ -12,9 +12,9 @@ from typing import Any
 
 from refdiff_cli import __version__
 from refdiff_cli.config import UpscaleOptions, to_dict
-from refdiff_cli.engines import BicubicEngine, Engine, GuidedEngine, resolve_device
+from refdiff_cli.data.tiling import TilePlan
 from refdiff_cli.errors import ConfigError, OutputError
-from refdiff_cli.evaluate_inputs import (
+from refdiff_cli.evaluate.inputs import (
     Dataset,
     Sample,
     load_sample,
@@ -22,7 +22,7 @@ from refdiff_cli.evaluate_inputs import (
     paper_scale,
     resolve_layout,
 )
-from refdiff_cli.evaluate_methods import (
+from refdiff_cli.evaluate.methods import (
     HighPassEngine,
     Output,
     RefEngine,
@@ -31,8 +31,8 @@ from refdiff_cli.evaluate_methods import (
     estimated_masks,
     read_sr,
 )
-from refdiff_cli.evaluate_options import EvalOptions, MaskSource
-from refdiff_cli.evaluate_report import (
+from refdiff_cli.evaluate.options import EvalOptions, MaskSource
+from refdiff_cli.evaluate.report import (
     Figure,
     check_output_folder,
     csv_rows,
@@ -41,11 +41,18 @@ from refdiff_cli.evaluate_report import (
     write_csv,
 )
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
-from refdiff_cli.metrics import PSNR_CAP_DB, MetricValue, mask_counts, mask_scores, mean_metrics
+from refdiff_cli.metrics.perceptual import LPIPS, load_lpips
+from refdiff_cli.metrics.scores import (
+    PSNR_CAP_DB,
+    MetricValue,
+    mask_counts,
+    mask_scores,
+    mean_metrics,
+)
 from refdiff_cli.model.checkpoint import default_model_installed
-from refdiff_cli.perceptual import LPIPS, load_lpips
-from refdiff_cli.tiling import TilePlan
-from refdiff_cli.upscale import DEFAULT_BICUBIC_SCALE, MaskMode, load_engine
+from refdiff_cli.model.device import resolve_device
+from refdiff_cli.upscale.engines import BicubicEngine, Engine, GuidedEngine
+from refdiff_cli.upscale.run import DEFAULT_BICUBIC_SCALE, MaskMode, load_engine
 
 logger = logging.getLogger(__name__)
 

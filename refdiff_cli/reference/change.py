@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from refdiff_cli.data.degrade import downscale_bicubic
-from refdiff_cli.guided import (
+from refdiff_cli.reference.guided import (
     GuidedConfig,
     GuidedResult,
     box_mean,

@@ -19,13 +19,14 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from refdiff_cli.data import layouts, masks, normalize
-from refdiff_cli.data.prepare_sources import SourcePlan
+from refdiff_cli.data import masks, normalize
 from refdiff_cli.data.synthesize import SynthesisConfig, rng_for, synthesize_ref
+from refdiff_cli.data.tiling import PixelWindow, axis_starts
+from refdiff_cli.datasets import layouts
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo import grid as geogrid
 from refdiff_cli.geo import images, read
-from refdiff_cli.tiling import PixelWindow, axis_starts
+from refdiff_cli.prepare.sources import SourcePlan
 
 logger = logging.getLogger(__name__)
 

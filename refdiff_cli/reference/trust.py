@@ -28,7 +28,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from refdiff_cli.guided import box_mean
+from refdiff_cli.reference.guided import box_mean
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -18,17 +18,17 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from refdiff_cli.change import change_vector_analysis
 from refdiff_cli.config import UpscaleOptions
 from refdiff_cli.data import normalize
 from refdiff_cli.data.degrade import downscale_bicubic, upsample
-from refdiff_cli.engines import BicubicEngine, Engine, EngineBatch
+from refdiff_cli.data.tiling import PixelWindow, Strip, TilePlan
 from refdiff_cli.errors import ConfigError, InputError
-from refdiff_cli.evaluate_inputs import Sample
+from refdiff_cli.evaluate.inputs import Sample
 from refdiff_cli.geo import read
 from refdiff_cli.geo.images import read_image
-from refdiff_cli.tiling import PixelWindow, Strip, TilePlan
-from refdiff_cli.upscale import MaskMode, ModelSpace, model_space, sr_strips, tile_plan
+from refdiff_cli.reference.change import change_vector_analysis
+from refdiff_cli.upscale.engines import BicubicEngine, Engine, EngineBatch
+from refdiff_cli.upscale.run import MaskMode, ModelSpace, model_space, sr_strips, tile_plan
 
 logger = logging.getLogger(__name__)
 

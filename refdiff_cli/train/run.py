@@ -21,9 +21,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from refdiff_cli import __version__
-from refdiff_cli import train_state as ts
 from refdiff_cli.config import TrainConfig, save_json, to_dict
-from refdiff_cli.data.dataset import make_batch
+from refdiff_cli.datasets.chips import make_batch
 from refdiff_cli.diffusion.loss import masked_mean
 from refdiff_cli.errors import Interrupted, TrainingDiverged
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
@@ -35,16 +34,8 @@ from refdiff_cli.model.precond import (
     diffusion_target,
     prepare_conditions,
 )
-from refdiff_cli.train_eval import (
-    LR_UPSAMPLE,
-    build_card,
-    edm_loss_per_item,
-    guided_config,
-    make_training_lr,
-    training_loss,
-    validate,
-)
-from refdiff_cli.train_plan import (
+from refdiff_cli.train import state as ts
+from refdiff_cli.train.plan import (
     TrainHooks,
     TrainPlan,
     TrainReport,
@@ -54,7 +45,16 @@ from refdiff_cli.train_plan import (
     lr_at,
     resolve,
 )
-from refdiff_cli.train_references import training_references
+from refdiff_cli.train.references import training_references
+from refdiff_cli.train.validation import (
+    LR_UPSAMPLE,
+    build_card,
+    edm_loss_per_item,
+    guided_config,
+    make_training_lr,
+    training_loss,
+    validate,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from refdiff_cli.config import UpscaleOptions
-from refdiff_cli.distributed import SINGLE, TileRows, World, gathered, my_share
-from refdiff_cli.engines import Engine
 from refdiff_cli.errors import (
     EXIT_OK,
     EXIT_PARTIAL_BATCH,
@@ -29,7 +27,9 @@ from refdiff_cli.geo.write import (
     read_completion_tags,
     verify_raster,
 )
-from refdiff_cli.upscale import UpscaleJob, UpscaleReport, params_hash, upscale
+from refdiff_cli.upscale.distributed import SINGLE, TileRows, World, gathered, my_share
+from refdiff_cli.upscale.engines import Engine
+from refdiff_cli.upscale.run import UpscaleJob, UpscaleReport, params_hash, upscale
 
 logger = logging.getLogger(__name__)
 

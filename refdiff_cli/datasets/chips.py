@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from refdiff_cli.data.shards import (
+from refdiff_cli.datasets.shards import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,

@@ -1,0 +1,1 @@
+"""Adapters for dataset folders (cd, paper, CSV layouts) and chip shards (writing and reading)."""

@@ -1,0 +1,1 @@
+"""Image-quality scores: PSNR/SSIM/SAM/ERGAS and the optional LPIPS (pure numpy/torch)."""

@@ -1,0 +1,1 @@
+"""prepare: cut training chips from datasets and GeoTIFFs into shards."""
