@@ -45,8 +45,8 @@ import rasterio
 import torch
 from affine import Affine
 
-from refdiff_cli.data.degrade import downscale_bicubic
 from refdiff_cli.data.normalize import cast_to_dtype
+from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.evaluate.options import EvalOptions
 from refdiff_cli.evaluate.run import evaluate
 from refdiff_cli.reference.guided import shift_image

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from refdiff_cli.config import UpscaleOptions
-from refdiff_cli.data.degrade import downscale_bicubic
+from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.datasets.chips import ChipDataset
 from refdiff_cli.reference.trust import UncertaintyGains, lr_texture
 from refdiff_cli.train.references import synthesised_reference

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refdiff_cli.data.degrade import downscale_bicubic
+from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.datasets.chips import ChipDataset
 from refdiff_cli.metrics.scores import mask_counts, mask_scores
 from refdiff_cli.reference.change import (

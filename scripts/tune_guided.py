@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refdiff_cli.data.degrade import downscale_bicubic, upsample
+from refdiff_cli.data.resample import downscale_bicubic, upsample
 from refdiff_cli.datasets.chips import ChipDataset
 from refdiff_cli.metrics.scores import psnr
 from refdiff_cli.reference.guided import GuidedConfig, guided_transfer

@@ -8,7 +8,7 @@ becomes [-1, 1]:
   default, recorded in the model card), computed over the whole raster's valid pixels.
 
 The mapping does not clip: values beyond the percentiles land slightly outside [-1, 1] and come
-back unchanged. Engines clamp what they feed the network (``data.degrade.upsample``), and
+back unchanged. Engines clamp what they feed the network (``data.resample.upsample``), and
 ``cast_to_dtype`` rounds and clamps on the way out, so nothing wraps around.
 """
 

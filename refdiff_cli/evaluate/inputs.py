@@ -13,8 +13,8 @@ import numpy.typing as npt
 import torch
 
 from refdiff_cli.data import masks
-from refdiff_cli.data.degrade import downscale_bicubic
 from refdiff_cli.data.normalize import DEFAULT_PERCENTILES, cast_to_dtype
+from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.data.tiling import PixelWindow
 from refdiff_cli.datasets import layouts
 from refdiff_cli.errors import ConfigError, InputError
@@ -199,7 +199,7 @@ def load_sample(
     """Read item ``index`` of ``dataset`` into a :class:`Sample`.
 
     Image folders: HR, Ref and mask cropped to multiples of the scale (``layouts.load_item``);
-    the cd layout's LR is the HR downscaled by antialiased bicubic (``degrade.downscale_bicubic``
+    the cd layout's LR is the HR downscaled by antialiased bicubic (``resample.downscale_bicubic``
     on the DN values as float64, rounded and clamped back to the HR dtype), the paper layout's
     LR is the file given. The cd mask reads binary (non-zero = changed), the paper mask as grey
     class codes (0 = unchanged), unless ``mask_encoding`` names another encoding.

@@ -20,7 +20,7 @@ import torch
 
 from refdiff_cli.config import UpscaleOptions
 from refdiff_cli.data import normalize
-from refdiff_cli.data.degrade import downscale_bicubic, upsample
+from refdiff_cli.data.resample import downscale_bicubic, upsample
 from refdiff_cli.data.tiling import PixelWindow, Strip, TilePlan
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.evaluate.inputs import Sample
@@ -131,7 +131,7 @@ class HighPassEngine(BicubicEngine):
     """LR_up plus the reference's high-pass detail in unchanged areas (pan-sharpening transfer).
 
     ``SR = LR_up + (1 - M) * (Ref - up(down(Ref)))`` with the bicubic down/up of
-    ``data.degrade`` and M = 1 where the mask channel is non-zero (changed). Where the
+    ``data.resample`` and M = 1 where the mask channel is non-zero (changed). Where the
     reference or the mask has no data, no detail is added. The detail reaches 4 * scale output
     pixels (2 LR pixels for the antialiased downscale, 2 for the upsampling), its blend margin.
     """

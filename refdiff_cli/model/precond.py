@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from refdiff_cli.config import TARGET_SIGMA_DATA, ReferenceMode
-from refdiff_cli.data.degrade import UpsampleMode, upsample
+from refdiff_cli.data.resample import UpsampleMode, upsample
 from refdiff_cli.model.network import RefDiffUNet, check_shape
 from refdiff_cli.reference.guided import GuidedConfig, guided_transfer
 

@@ -36,7 +36,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from refdiff_cli.data.degrade import downscale_bicubic
+from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.reference.guided import (
     GuidedConfig,
     GuidedResult,

@@ -48,7 +48,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from refdiff_cli.data.degrade import downscale_bicubic, upsample
+from refdiff_cli.data.resample import downscale_bicubic, upsample
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

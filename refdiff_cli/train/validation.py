@@ -11,7 +11,8 @@ import torch
 
 from refdiff_cli import __version__
 from refdiff_cli.config import SamplerConfig, StartName, TrainConfig, to_dict
-from refdiff_cli.data.degrade import UpsampleMode, make_lr
+from refdiff_cli.data.degrade import make_lr
+from refdiff_cli.data.resample import UpsampleMode
 from refdiff_cli.datasets.chips import ChipDataset, TrainBatch
 from refdiff_cli.diffusion.loss import EDMLoss, masked_mean
 from refdiff_cli.diffusion.sampler import initial_state, sample

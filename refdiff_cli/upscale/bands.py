@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from refdiff_cli.data.degrade import upsample
+from refdiff_cli.data.resample import upsample
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo.band_names import RGB
 from refdiff_cli.reference.guided import guided_transfer, reference_shift

@@ -16,9 +16,9 @@ from typing import Any, Protocol, cast
 import torch
 
 from refdiff_cli.config import Precision, ReferenceMode, SamplerConfig, to_dict
-from refdiff_cli.data.degrade import UpsampleMode, upsample
 from refdiff_cli.data.masks import MaskChannel, channel_kind
 from refdiff_cli.data.normalize import Normalization
+from refdiff_cli.data.resample import UpsampleMode, upsample
 from refdiff_cli.diffusion.noise import PixelNoise, make_noise_fn
 from refdiff_cli.diffusion.sampler import initial_state, sample
 from refdiff_cli.errors import ConfigError

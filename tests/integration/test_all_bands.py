@@ -97,7 +97,7 @@ def test_real_sentinel2_stack_keeps_nir_and_guides_it(
 def _bicubic_psnr(lr: np.ndarray, hr: np.ndarray) -> float:
     import torch
 
-    from refdiff_cli.data.degrade import upsample
+    from refdiff_cli.data.resample import upsample
 
     up = upsample(torch.from_numpy(lr)[None, None].float(), SCALE, clamp=False)[0, 0].numpy()
     return _psnr(up, hr, float(np.percentile(hr, 99.5)))

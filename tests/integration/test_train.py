@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from refdiff_cli.config import SamplerConfig, TrainConfig, from_dict, save_json, to_dict
-from refdiff_cli.data.degrade import downscale_bicubic
+from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.datasets.chips import ChipDataset, ShardWriter
 from refdiff_cli.errors import ConfigError, TrainingDiverged
 from refdiff_cli.files import file_sha256

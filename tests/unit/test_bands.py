@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from refdiff_cli.config import UpscaleOptions
-from refdiff_cli.data.degrade import downscale_bicubic, upsample
+from refdiff_cli.data.resample import downscale_bicubic, upsample
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo import read
 from refdiff_cli.geo.band_names import band_name

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from refdiff_cli.data.degrade import downscale_bicubic
+from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.metrics.scores import mask_counts, mask_scores
 from refdiff_cli.reference.change import (
     ChangeConfig,

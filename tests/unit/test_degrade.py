@@ -16,13 +16,12 @@ from refdiff_cli.data.degrade import (
     DegradationConfig,
     anisotropic_gaussian_kernel,
     degrade,
-    downscale_bicubic,
     gaussian_kernel,
     jpeg_roundtrip,
     make_lr,
     motion_kernel,
-    upsample,
 )
+from refdiff_cli.data.resample import downscale_bicubic, upsample
 from refdiff_cli.errors import ConfigError
 from refdiff_cli.train.validation import make_training_lr
 

@@ -16,7 +16,7 @@ import torch
 from refdiff_cli import __version__
 from refdiff_cli.config import SamplerConfig, to_dict
 from refdiff_cli.data import masks, normalize
-from refdiff_cli.data.degrade import downscale_bicubic, upsample
+from refdiff_cli.data.resample import downscale_bicubic, upsample
 from refdiff_cli.data.tiling import plan_tiles
 from refdiff_cli.errors import ConfigError, InputError, OutputError
 from refdiff_cli.evaluate.methods import ArrayReader, HighPassEngine, RefEngine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refdiff_cli.data.degrade import downscale_bicubic, upsample
+from refdiff_cli.data.resample import downscale_bicubic, upsample
 from refdiff_cli.reference.guided import GuidedConfig, guided_transfer, register, shift_image
 
 SCALE = 8

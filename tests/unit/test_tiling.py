@@ -12,7 +12,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from refdiff_cli.data.degrade import upsample
+from refdiff_cli.data.resample import upsample
 from refdiff_cli.data.tiling import (
     PixelWindow,
     StripAccumulator,

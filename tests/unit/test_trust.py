@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from refdiff_cli.data.degrade import downscale_bicubic
+from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.reference.trust import UncertaintyGains, lr_texture, uncertainty
 from refdiff_cli.upscale.engines import BicubicEngine, EngineBatch, GuidedEngine
 
