@@ -16,7 +16,7 @@ from refdiff_cli.data import masks
 from refdiff_cli.data.normalize import DEFAULT_PERCENTILES, cast_to_dtype
 from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.data.tiling import PixelWindow
-from refdiff_cli.datasets import layouts
+from refdiff_cli.datasets import item_pixels, layouts, set_lists
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo import grid as geogrid
 from refdiff_cli.geo import read
@@ -174,7 +174,7 @@ def open_dataset(
                 f"--layout csv needs a set list file; {root} is a folder",
                 hint="pass a CSV with columns lr,ref,mask,hr, or a cd/paper dataset folder",
             )
-        rows = tuple(layouts.read_set_csv(root, CSV_COLUMNS))
+        rows = tuple(set_lists.read_set_csv(root, CSV_COLUMNS))
         return Dataset(root=root, layout="csv", scale=scale, items=rows[:limit])
     if root.is_file():
         raise ConfigError(
@@ -198,7 +198,7 @@ def load_sample(
 ) -> Sample:
     """Read item ``index`` of ``dataset`` into a :class:`Sample`.
 
-    Image folders: HR, Ref and mask cropped to multiples of the scale (``layouts.load_item``);
+    Image folders: HR, Ref and mask cropped to multiples of the scale (``item_pixels.load_item``);
     the cd layout's LR is the HR downscaled by antialiased bicubic (``resample.downscale_bicubic``
     on the DN values as float64, rounded and clamped back to the HR dtype), the paper layout's
     LR is the file given. The cd mask reads binary (non-zero = changed), the paper mask as grey
@@ -218,7 +218,7 @@ def load_sample(
             mask_grid=mask_grid,
         )
     item: layouts.ImageItem = dataset.items[index]  # type: ignore[assignment]
-    loaded = layouts.load_item(item, scale=dataset.scale)
+    loaded = item_pixels.load_item(item, scale=dataset.scale)
     if loaded.lr is None:
         hr64 = torch.from_numpy(loaded.hr.astype(np.float64))[None]  # (1, C, H, W)
         lr_float = downscale_bicubic(hr64, dataset.scale)[0].numpy()  # (C, h, w)

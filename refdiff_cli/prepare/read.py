@@ -22,7 +22,7 @@ import numpy.typing as npt
 from refdiff_cli.data import masks, normalize
 from refdiff_cli.data.synthesize import SynthesisConfig, rng_for, synthesize_ref
 from refdiff_cli.data.tiling import PixelWindow, axis_starts
-from refdiff_cli.datasets import layouts
+from refdiff_cli.datasets import item_pixels
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo import grid as geogrid
 from refdiff_cli.geo import images, read
@@ -291,7 +291,7 @@ def _open_plain(
     levels: tuple[float, float],
 ) -> OpenSource:
     assert plan.item is not None
-    loaded = layouts.load_item(plan.item, scale=scale)
+    loaded = item_pixels.load_item(plan.item, scale=scale)
     hr = _select(loaded.hr, bands, plan.paths["hr"])  # (C, H, W)
     ref = _select(loaded.ref, bands, plan.paths["ref"])  # (C, H, W)
     shape = (int(hr.shape[1]), int(hr.shape[2]))

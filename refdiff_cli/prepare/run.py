@@ -6,7 +6,7 @@ layout the stored LR (with its own percentiles). Chips of ``chip_px`` are cut ev
 ``stride_px`` from offsets that are multiples of the scale, the last row and column flush with
 the (scale-cropped) edge; an image smaller than a chip is skipped with a warning (never
 padded), and chips with less than ``min_valid`` valid HR pixels are skipped and counted. The
-train/val split is decided per source image by its file stem (``layouts.split_of``), so no
+train/val split is decided per source image by its file stem (``splits.split_of``), so no
 image contributes to both. A failed run removes the shard folders it wrote; with
 ``overwrite`` the old chips stay until the first image that gives chips has been read.
 """
@@ -25,8 +25,8 @@ from refdiff_cli.config import to_dict
 from refdiff_cli.data.normalize import Normalization
 from refdiff_cli.data.synthesize import SynthesisConfig
 from refdiff_cli.data.tiling import PixelWindow
-from refdiff_cli.datasets.layouts import split_of
 from refdiff_cli.datasets.shards import MANIFEST, SHARD_RE, SPLITS, ShardWriter
+from refdiff_cli.datasets.splits import split_of
 from refdiff_cli.errors import ConfigError, InputError, OutputError
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
 from refdiff_cli.files import file_sha256

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from refdiff_cli.data import masks
-from refdiff_cli.datasets import layouts
+from refdiff_cli.datasets import layouts, set_lists
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo import read
 
@@ -154,10 +154,10 @@ def discover(
         kind = _layout_of(src, layout, synthesize)
         prefix = src.resolve().name
         if kind == "csv" and synthesize:
-            for row in layouts.read_set_csv(src, ("hr",)):
+            for row in set_lists.read_set_csv(src, ("hr",)):
                 plans.append(_synth_plan(_csv_name(src, row["hr"]), row["hr"], "csv"))
         elif kind == "csv":
-            for row in layouts.read_set_csv(src, ("hr", "ref", "mask")):
+            for row in set_lists.read_set_csv(src, ("hr", "ref", "mask")):
                 geo = read.open_sources(
                     row["hr"],
                     row["ref"],

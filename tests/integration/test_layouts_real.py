@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from refdiff_cli.data import masks
-from refdiff_cli.datasets.layouts import LoadedItem, detect_layout, list_items, load_item, split_of
+from refdiff_cli.datasets.item_pixels import LoadedItem, load_item
+from refdiff_cli.datasets.layouts import detect_layout, list_items
+from refdiff_cli.datasets.splits import split_of
 from refdiff_cli.errors import InputError
 from refdiff_cli.geo.images import read_image
 

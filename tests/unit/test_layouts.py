@@ -1,4 +1,4 @@
-"""Plain-image I/O (geo/images.py) and dataset layouts (data/layouts.py) on tiny files."""
+"""Plain-image I/O (geo/images.py) and dataset folders, items, splits and set lists, tiny files."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from refdiff_cli.datasets import layouts
-from refdiff_cli.datasets.layouts import detect_layout, list_items, load_item, split_of
+from refdiff_cli.datasets import layouts, set_lists
+from refdiff_cli.datasets.item_pixels import load_item
+from refdiff_cli.datasets.layouts import detect_layout, list_items
+from refdiff_cli.datasets.splits import split_of
 from refdiff_cli.errors import ConfigError, InputError, OutputError
 from refdiff_cli.geo import images
 from refdiff_cli.geo.images import read_image, write_png
@@ -397,7 +399,7 @@ def test_read_set_csv(tmp_path: Path) -> None:
         '"d/ref.tif",d/lr.tif,d/mask.tif,d/hr.tif\n',
         encoding="utf-8",
     )
-    rows = layouts.read_set_csv(csv_path, ("lr", "ref", "mask", "hr"))
+    rows = set_lists.read_set_csv(csv_path, ("lr", "ref", "mask", "hr"))
     assert len(rows) == 2
     assert rows[0] == {
         "lr": tmp_path / "d" / "lr.tif",
@@ -428,10 +430,10 @@ def test_read_set_csv_errors(tmp_path: Path, body: str, message: str) -> None:
     csv_path = tmp_path / "sets.csv"
     csv_path.write_text(body, encoding="utf-8")
     with pytest.raises(InputError, match=message) as info:
-        layouts.read_set_csv(csv_path, ("hr", "ref", "mask"))
+        set_lists.read_set_csv(csv_path, ("hr", "ref", "mask"))
     assert "sets.csv" in str(info.value)
 
 
 def test_read_set_csv_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"cannot read set list .*absent\.csv"):
-        layouts.read_set_csv(tmp_path / "absent.csv", ("hr",))
+        set_lists.read_set_csv(tmp_path / "absent.csv", ("hr",))
