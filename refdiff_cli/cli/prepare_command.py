@@ -120,7 +120,8 @@ def prepare_command(
 
     Example: refdiff prepare data/levir data/sztaki -o chips/ --scale 8 --chip 128
     """
-    from refdiff_cli.prepare.run import PrepareOptions, prepare
+    from refdiff_cli.prepare.options import PrepareOptions
+    from refdiff_cli.prepare.run import prepare
 
     options = PrepareOptions(
         layout=layout,

@@ -21,8 +21,9 @@ from refdiff_cli.data import masks, normalize
 from refdiff_cli.data.synthesize import SynthesisConfig, rng_for, synthesize_ref
 from refdiff_cli.datasets.chips import ChipDataset, make_batch
 from refdiff_cli.errors import ConfigError, InputError, OutputError
+from refdiff_cli.prepare.options import PrepareOptions
 from refdiff_cli.prepare.read import chip_windows
-from refdiff_cli.prepare.run import PrepareOptions, prepare
+from refdiff_cli.prepare.run import prepare
 from tests.conftest import RasterFactory
 
 SCALE, CHIP = 8, 32
