@@ -17,10 +17,10 @@ from refdiff_cli.data.degrade import (
     anisotropic_gaussian_kernel,
     degrade,
     gaussian_kernel,
-    jpeg_roundtrip,
     make_lr,
     motion_kernel,
 )
+from refdiff_cli.data.jpeg import jpeg_roundtrip
 from refdiff_cli.data.resample import downscale_bicubic, upsample
 from refdiff_cli.errors import ConfigError
 from refdiff_cli.train.validation import make_training_lr
