@@ -21,7 +21,8 @@ from refdiff_cli.errors import OutputError
 from refdiff_cli.evaluate.inputs import Sample
 from refdiff_cli.geo.images import write_png
 from refdiff_cli.metrics.perceptual import LPIPS, MIN_SIDE_PX, to_lpips_range
-from refdiff_cli.metrics.scores import REGIONS, MetricValue, image_metrics, psnr
+from refdiff_cli.metrics.pixel import psnr
+from refdiff_cli.metrics.scores import REGIONS, MetricValue, image_metrics
 
 #: Metric columns of the CSV, always all present (empty where a metric does not apply).
 CSV_METRICS = ("pixels", "psnr", "ssim", "psnr_y", "ssim_y", "sam", "ergas", "lpips")

@@ -16,7 +16,8 @@ from refdiff_cli.datasets.chips import ChipDataset, TrainBatch
 from refdiff_cli.diffusion.loss import EDMLoss, masked_mean
 from refdiff_cli.diffusion.sampler import initial_state, sample
 from refdiff_cli.errors import ConfigError
-from refdiff_cli.metrics.scores import PSNR_CAP_DB, psnr
+from refdiff_cli.metrics.pixel import psnr
+from refdiff_cli.metrics.scores import PSNR_CAP_DB
 from refdiff_cli.model.card import ModelCard
 from refdiff_cli.model.network import NetworkConfig
 from refdiff_cli.model.precond import (

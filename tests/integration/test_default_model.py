@@ -9,7 +9,7 @@ import numpy as np
 import rasterio
 
 from refdiff_cli.files import file_sha256
-from refdiff_cli.metrics.scores import psnr
+from refdiff_cli.metrics.pixel import psnr
 from refdiff_cli.model import checkpoint
 from refdiff_cli.model.checkpoint import load_model
 from refdiff_cli.model.network import NetworkConfig
