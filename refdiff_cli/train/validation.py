@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from refdiff_cli import __version__
-from refdiff_cli.config import SamplerConfig, StartName, TrainConfig, to_dict
+from refdiff_cli.config import SamplerConfig, StartName, to_dict
 from refdiff_cli.data.degrade import UpsampleMode, make_lr
 from refdiff_cli.datasets.chips import ChipDataset, TrainBatch
 from refdiff_cli.diffusion.loss import EDMLoss, masked_mean
@@ -28,6 +28,7 @@ from refdiff_cli.model.precond import (
     prepare_conditions,
 )
 from refdiff_cli.reference.guided import GuidedConfig
+from refdiff_cli.train.options import TrainConfig
 from refdiff_cli.train.state import generator_for
 
 #: The one LR_up interpolation of training and inference (recorded in the card).
