@@ -19,7 +19,7 @@ from refdiff_cli.errors import ConfigError, InputError, ModelError
 from refdiff_cli.files import file_sha256
 from refdiff_cli.model.checkpoint import DEFAULT_MODEL_PATH, read_card
 from refdiff_cli.model.device import resolve_device
-from refdiff_cli.model.network import PRESETS, NetworkConfig
+from refdiff_cli.model.network_config import PRESETS, NetworkConfig
 from refdiff_cli.model.precond import MASK_CHANNELS
 from refdiff_cli.train import state as ts
 from refdiff_cli.train.options import TrainConfig

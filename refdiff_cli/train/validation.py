@@ -19,7 +19,7 @@ from refdiff_cli.errors import ConfigError
 from refdiff_cli.metrics.pixel import psnr
 from refdiff_cli.metrics.scores import PSNR_CAP_DB
 from refdiff_cli.model.card import ModelCard
-from refdiff_cli.model.network import NetworkConfig
+from refdiff_cli.model.network_config import NetworkConfig
 from refdiff_cli.model.precond import (
     Conditioning,
     EDMPrecond,
