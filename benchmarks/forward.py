@@ -18,7 +18,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from refdiff_cli.model.network import PRESETS, NetworkConfig, RefDiffUNet
+from refdiff_cli.model.network import RefDiffUNet
+from refdiff_cli.model.network_config import PRESETS, NetworkConfig
 
 #: Tiles above this size are not timed for the tiny preset (its middle attention grows as size^4).
 TINY_MAX_TIMED_PX = 128

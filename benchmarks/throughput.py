@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import SCALE, shared_data, write_lr  # noqa: E402
 from upscale_memory import LR_PIXEL_M, REF_PIXEL_M, write_scene  # noqa: E402
 
-from refdiff_cli.metrics.scores import psnr  # noqa: E402
+from refdiff_cli.metrics.pixel import psnr  # noqa: E402
 from refdiff_cli.model.checkpoint import LoadedModel, load_model  # noqa: E402
 from refdiff_cli.model.precond import Conditioning  # noqa: E402
 from refdiff_cli.train.references import synthesised_reference  # noqa: E402

@@ -22,7 +22,7 @@ import torch
 
 from refdiff_cli.data.resample import downscale_bicubic, upsample
 from refdiff_cli.datasets.chips import ChipDataset
-from refdiff_cli.metrics.scores import psnr
+from refdiff_cli.metrics.pixel import psnr
 from refdiff_cli.reference.guided import GuidedConfig, guided_transfer
 from refdiff_cli.train.references import synthesised_reference
 

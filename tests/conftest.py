@@ -171,7 +171,7 @@ def tiny_card(**changes: Any) -> Any:
     from refdiff_cli.data.masks import BINARY
     from refdiff_cli.data.normalize import Normalization
     from refdiff_cli.model.card import ModelCard
-    from refdiff_cli.model.network import PRESETS
+    from refdiff_cli.model.network_config import PRESETS
 
     card = ModelCard(
         name="refdiff-tiny-test",
@@ -202,7 +202,9 @@ def write_tiny_model(
     import torch
 
     from refdiff_cli.model.checkpoint import save_model
-    from refdiff_cli.model.network import PRESETS, Conv2d, RefDiffUNet
+    from refdiff_cli.model.layers import Conv2d
+    from refdiff_cli.model.network import RefDiffUNet
+    from refdiff_cli.model.network_config import PRESETS
 
     net = RefDiffUNet(PRESETS["tiny"], seed=seed)
     if lively:

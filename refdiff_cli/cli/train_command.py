@@ -8,15 +8,9 @@ from typing import Annotated, Any, Literal
 import typer
 
 from refdiff_cli.cli import render
-from refdiff_cli.config import (
-    TrainConfig,
-    TrainLRMethod,
-    TrainPrecision,
-    TrainTarget,
-    from_dict,
-    load_file,
-)
+from refdiff_cli.config import from_dict, load_file
 from refdiff_cli.errors import EXIT_SIGINT, Interrupted
+from refdiff_cli.train.options import TrainConfig, TrainLRMethod, TrainPrecision, TrainTarget
 
 #: What an interrupted training run leaves: the error line (and --json) says so.
 RESUME = "checkpoint saved, rerun to resume"

@@ -14,6 +14,7 @@ from refdiff_cli import __version__
 from refdiff_cli.config import UpscaleOptions, to_dict
 from refdiff_cli.data.tiling import TilePlan
 from refdiff_cli.errors import ConfigError, OutputError
+from refdiff_cli.evaluate.figure import Figure
 from refdiff_cli.evaluate.inputs import (
     Dataset,
     Sample,
@@ -33,7 +34,6 @@ from refdiff_cli.evaluate.methods import (
 )
 from refdiff_cli.evaluate.options import EvalOptions, MaskSource
 from refdiff_cli.evaluate.report import (
-    Figure,
     check_output_folder,
     csv_rows,
     data_range_of,

@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 from refdiff_cli.errors import ModelError, OutputError
 from refdiff_cli.files import atomic_path, file_sha256
 from refdiff_cli.model.card import CARD_METADATA_KEY, ModelCard
-from refdiff_cli.model.network import NetworkConfig, RefDiffUNet
+from refdiff_cli.model.network import RefDiffUNet
+from refdiff_cli.model.network_config import NetworkConfig
 from refdiff_cli.model.precond import EDMPrecond
 
 #: The model shipped inside the package, and the sha256 it must have.

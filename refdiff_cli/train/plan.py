@@ -13,15 +13,16 @@ from typing import Any
 
 import torch
 
-from refdiff_cli.config import TrainConfig, to_dict
+from refdiff_cli.config import to_dict
 from refdiff_cli.datasets.chips import ChipDataset
 from refdiff_cli.errors import ConfigError, InputError, ModelError
 from refdiff_cli.files import file_sha256
 from refdiff_cli.model.checkpoint import DEFAULT_MODEL_PATH, read_card
 from refdiff_cli.model.device import resolve_device
-from refdiff_cli.model.network import PRESETS, NetworkConfig
+from refdiff_cli.model.network_config import PRESETS, NetworkConfig
 from refdiff_cli.model.precond import MASK_CHANNELS
 from refdiff_cli.train import state as ts
+from refdiff_cli.train.options import TrainConfig
 from refdiff_cli.train.references import synthesis_config
 
 

@@ -23,11 +23,11 @@ import math
 import numpy as np
 import torch
 
-from refdiff_cli.config import TrainConfig
 from refdiff_cli.data.synthesize import SynthesisConfig, synthesize_ref
 from refdiff_cli.datasets.chips import TrainBatch
 from refdiff_cli.errors import ConfigError
 from refdiff_cli.reference.guided import shift_image
+from refdiff_cli.train.options import TrainConfig
 from refdiff_cli.train.state import derive_seed
 
 #: Largest misregistration of a synthesised reference, output pixels (measured range 0.5-2).

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from refdiff_cli import __version__
-from refdiff_cli.config import TrainConfig, save_json, to_dict
+from refdiff_cli.config import save_json, to_dict
 from refdiff_cli.datasets.chips import make_batch
 from refdiff_cli.diffusion.loss import masked_mean
 from refdiff_cli.errors import Interrupted, TrainingDiverged
@@ -35,6 +35,7 @@ from refdiff_cli.model.precond import (
     prepare_conditions,
 )
 from refdiff_cli.train import state as ts
+from refdiff_cli.train.options import TrainConfig
 from refdiff_cli.train.plan import (
     TrainHooks,
     TrainPlan,

@@ -10,16 +10,17 @@ import numpy as np
 import torch
 
 from refdiff_cli import __version__
-from refdiff_cli.config import SamplerConfig, StartName, TrainConfig, to_dict
+from refdiff_cli.config import SamplerConfig, StartName, to_dict
 from refdiff_cli.data.degrade import make_lr
 from refdiff_cli.data.resample import UpsampleMode
 from refdiff_cli.datasets.chips import ChipDataset, TrainBatch
 from refdiff_cli.diffusion.loss import EDMLoss, masked_mean
 from refdiff_cli.diffusion.sampler import initial_state, sample
 from refdiff_cli.errors import ConfigError
-from refdiff_cli.metrics.scores import PSNR_CAP_DB, psnr
+from refdiff_cli.metrics.pixel import psnr
+from refdiff_cli.metrics.scores import PSNR_CAP_DB
 from refdiff_cli.model.card import ModelCard
-from refdiff_cli.model.network import NetworkConfig
+from refdiff_cli.model.network_config import NetworkConfig
 from refdiff_cli.model.precond import (
     Conditioning,
     EDMPrecond,
@@ -28,6 +29,7 @@ from refdiff_cli.model.precond import (
     prepare_conditions,
 )
 from refdiff_cli.reference.guided import GuidedConfig
+from refdiff_cli.train.options import TrainConfig
 from refdiff_cli.train.state import generator_for
 
 #: The one LR_up interpolation of training and inference (recorded in the card).

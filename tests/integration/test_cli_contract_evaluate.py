@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from refdiff_cli.evaluate import report as evaluate_report
+from refdiff_cli.evaluate import figure as evaluate_figure
 from tests.conftest import run_cli
 from tests.integration.test_evaluate_cli import make_cd
 
@@ -54,7 +54,7 @@ def test_figure_failing_at_the_end_keeps_the_csv(
     def refuse(path: Path, array: Any) -> None:
         raise CPLE_OpenFailedError(4, 0, f"Unable to create png file {path}")
 
-    monkeypatch.setattr(evaluate_report, "write_png", refuse)
+    monkeypatch.setattr(evaluate_figure, "write_png", refuse)
     root = make_cd(tmp_path / "cd")
     csv_path = tmp_path / "metrics.csv"
     args = ["-q", "evaluate", str(root), *EVALUATE, "--csv", str(csv_path)]

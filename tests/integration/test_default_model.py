@@ -9,10 +9,10 @@ import numpy as np
 import rasterio
 
 from refdiff_cli.files import file_sha256
-from refdiff_cli.metrics.scores import psnr
+from refdiff_cli.metrics.pixel import psnr
 from refdiff_cli.model import checkpoint
 from refdiff_cli.model.checkpoint import load_model
-from refdiff_cli.model.network import NetworkConfig
+from refdiff_cli.model.network_config import NetworkConfig
 from refdiff_cli.train.validation import default_tiling
 from tests.conftest import SAMPLE_DATA, run_cli, zero_sample_mask
 

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from refdiff_cli.evaluate.report import (
-    FIGURE_GAP_PX,
-    GLYPH_H,
-    LABEL_SCALE,
-    FigureLayout,
-    _draw_text,
-)
+from refdiff_cli.evaluate.bitmap_font import GLYPH_H, LABEL_SCALE, draw_text
+from refdiff_cli.evaluate.figure import FIGURE_GAP_PX, FigureLayout
 from refdiff_cli.geo.images import read_image
 from tests.conftest import run_cli
 from tests.unit.test_evaluate import make_cd
@@ -96,7 +91,7 @@ def test_figure_has_column_row_and_psnr_labels(tmp_path: Path) -> None:
     )
     expected = np.full((3, layout.caption_h, panel), 255, dtype=np.uint8)
     shown = f"{value:.2f}"  # 64 px panels: "PSNR 12.34 dB" and "12.34 dB" do not fit
-    _draw_text(expected, shown, 4, (panel - (len(shown) * 12 - 2)) // 2, LABEL_SCALE)
+    draw_text(expected, shown, 4, (panel - (len(shown) * 12 - 2)) // 2, LABEL_SCALE)
     top, left = layout.panel_top(0) + panel, layout.panel_left(columns.index("bicubic"))
     np.testing.assert_array_equal(
         figure[:, top : top + layout.caption_h, left : left + panel], expected

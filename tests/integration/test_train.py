@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from refdiff_cli.config import SamplerConfig, TrainConfig, from_dict, save_json, to_dict
+from refdiff_cli.config import SamplerConfig, from_dict, save_json, to_dict
 from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.datasets.chips import ChipDataset, ShardWriter
 from refdiff_cli.errors import ConfigError, TrainingDiverged
@@ -30,6 +30,7 @@ from refdiff_cli.files import file_sha256
 from refdiff_cli.model.checkpoint import load_model
 from refdiff_cli.reference.guided import GuidedConfig, guided_transfer
 from refdiff_cli.train import run as train_tool
+from refdiff_cli.train.options import TrainConfig
 from refdiff_cli.train.plan import batch_indices, lr_at, resolve
 from refdiff_cli.train.run import TrainHooks, train
 from refdiff_cli.train.state import deferred_signals, ema_beta, load_checkpoint, save_checkpoint

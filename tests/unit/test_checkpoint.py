@@ -19,7 +19,8 @@ from refdiff_cli.files import file_sha256
 from refdiff_cli.model import checkpoint
 from refdiff_cli.model.card import CARD_METADATA_KEY
 from refdiff_cli.model.checkpoint import load_model, read_card, save_model
-from refdiff_cli.model.network import PRESETS, RefDiffUNet
+from refdiff_cli.model.network import RefDiffUNet
+from refdiff_cli.model.network_config import PRESETS
 from tests.conftest import tiny_card, write_tiny_model
 
 

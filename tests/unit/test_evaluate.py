@@ -26,7 +26,8 @@ from refdiff_cli.geo.images import read_image, write_png
 from refdiff_cli.metrics.scores import PSNR_CAP_DB
 from refdiff_cli.model.card import ModelCard
 from refdiff_cli.model.checkpoint import save_model
-from refdiff_cli.model.network import PRESETS, RefDiffUNet
+from refdiff_cli.model.network import RefDiffUNet
+from refdiff_cli.model.network_config import PRESETS
 from refdiff_cli.upscale.engines import BicubicEngine, Engine
 from refdiff_cli.upscale.run import ModelSpace, sr_strips
 

@@ -13,19 +13,9 @@ from hypothesis.extra import numpy as hnp
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from refdiff_cli.metrics import scores as metrics
-from refdiff_cli.metrics.scores import (
-    PSNR_CAP_DB,
-    ergas,
-    image_metrics,
-    mean_metrics,
-    psnr,
-    psnr_y,
-    rgb_to_y,
-    sam,
-    ssim,
-    ssim_y,
-)
+from refdiff_cli.metrics.pixel import psnr, psnr_y, rgb_to_y, ssim, ssim_y
+from refdiff_cli.metrics.scores import PSNR_CAP_DB, REGIONS, image_metrics, mean_metrics
+from refdiff_cli.metrics.spectral import ergas, sam
 
 
 def skimage_ssim(sr: np.ndarray, hr: np.ndarray, data_range: float) -> float:
@@ -129,7 +119,7 @@ def test_real_levir_pairs(shared_data: Path) -> None:
             assert report["unchanged"]["psnr"] == pytest.approx(report["all"]["psnr"])
             continue
         # The whole image's MSE is the pixel-weighted mean of the two regions' MSEs.
-        mse = {k: 255.0**2 / 10 ** (report[k]["psnr"] / 10) for k in metrics.REGIONS}
+        mse = {k: 255.0**2 / 10 ** (report[k]["psnr"] / 10) for k in REGIONS}
         assert n_all * mse["all"] == pytest.approx(n_c * mse["changed"] + n_u * mse["unchanged"])
     assert saw_unchanged_only, "expected one LEVIR pair without building change"
 

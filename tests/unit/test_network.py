@@ -14,17 +14,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from refdiff_cli.errors import ConfigError
-from refdiff_cli.model.network import (
-    PRESETS,
-    SFT,
-    Attention,
-    Conv2d,
-    DecoderBlock,
-    NetworkConfig,
-    PositionalEmbedding,
-    RefDiffUNet,
-    num_groups,
-)
+from refdiff_cli.model.layers import SFT, Attention, Conv2d, PositionalEmbedding, num_groups
+from refdiff_cli.model.network import DecoderBlock, RefDiffUNet
+from refdiff_cli.model.network_config import PRESETS, NetworkConfig
 
 PAPER_PARAMETERS = 116_740_739
 

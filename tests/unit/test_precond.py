@@ -10,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from refdiff_cli.model.network import PRESETS, Conv2d, RefDiffUNet
+from refdiff_cli.model.layers import Conv2d
+from refdiff_cli.model.network import RefDiffUNet
+from refdiff_cli.model.network_config import PRESETS
 from refdiff_cli.model.precond import Conditioning, EDMPrecond, edm_coefficients
 
 SIGMA_DATA = 0.5

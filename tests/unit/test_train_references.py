@@ -6,8 +6,8 @@ import dataclasses
 
 import torch
 
-from refdiff_cli.config import TrainConfig
 from refdiff_cli.datasets.chips import TrainBatch
+from refdiff_cli.train.options import TrainConfig
 from refdiff_cli.train.references import training_references
 
 
