@@ -28,12 +28,7 @@ from refdiff_cli.errors import Interrupted, TrainingDiverged
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
 from refdiff_cli.model.checkpoint import load_model, save_model
 from refdiff_cli.model.network import RefDiffUNet
-from refdiff_cli.model.precond import (
-    Conditioning,
-    EDMPrecond,
-    diffusion_target,
-    prepare_conditions,
-)
+from refdiff_cli.model.precond import Conditioning, EDMPrecond, diffusion_target
 from refdiff_cli.train import state as ts
 from refdiff_cli.train.plan import (
     TrainPlan,
@@ -46,11 +41,10 @@ from refdiff_cli.train.plan import (
 )
 from refdiff_cli.train.references import training_references
 from refdiff_cli.train.validation import (
-    LR_UPSAMPLE,
+    batch_conditions,
     build_card,
     edm_loss_per_item,
     guided_config,
-    make_training_lr,
     training_loss,
     validate,
 )
@@ -251,19 +245,7 @@ class _Trainer:
         batch = training_references(batch, cfg, step, local)
         hr, hr_valid = batch.hr.to(device), batch.hr_valid.to(device)
         lr_gens = [ts.generator_for("lr", cfg.seed, step, j) for j in local]
-        lr = make_training_lr(
-            hr, batch.lr, method=cfg.lr_method, scale=cfg.scale, generators=lr_gens
-        )
-        prepared = prepare_conditions(
-            lr=lr,
-            ref=batch.ref.to(device),
-            mask=batch.mask.to(device),
-            ref_valid=batch.ref_valid.to(device),
-            scale=cfg.scale,
-            reference=cfg.reference,
-            upsample_mode=LR_UPSAMPLE,
-            guided_config=self.guided_config,
-        )
+        prepared = batch_conditions(batch, hr, cfg, lr_gens, self.guided_config)
         cond = prepared.cond
         loss_gens = [ts.generator_for("loss", cfg.seed, step, j) for j in local]
         self.optimizer.zero_grad(set_to_none=True)
