@@ -1,5 +1,9 @@
-"""EDM noise schedule and samplers (Karras et al., NeurIPS 2022, Eq. 5 and Algorithm 2).
+"""EDM noise schedule and sampler (Karras et al., NeurIPS 2022, Eq. 5 and Algorithm 2).
 
+``karras_sigmas`` is the time-step discretisation (Eq. 5), ``initial_state`` Algorithm 2's
+line 2 (with Ref-Diff's "lr" and "mean" starts) and ``edm_sampler`` the rest of Algorithm 2:
+Heun, or Euler, which leaves out lines 9-11 (one Euler step from the "mean" start is the
+one-step sampler of exported models). ``sample`` runs what a ``SamplerConfig`` describes.
 The loop state is kept in float64 as in the EDM reference sampler (float32 on Apple MPS, which
 has no float64); the denoiser sees float32.
 All randomness comes from the ``noise`` callable, so a sample is a pure function of the start
@@ -15,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from refdiff_cli.config import SamplerConfig, StartName
+from refdiff_cli.config import SamplerConfig, SamplerName, StartName
 
 #: D(x; sigma): x (B, C, H, W) float32 and sigma (B,) float32 -> (B, C, H, W) float32.
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -23,8 +27,8 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 NoiseFn = Callable[[int], Tensor]
 #: Progress after every network evaluation: (evaluations done, evaluations in total).
 ProgressFn = Callable[[int, int], None]
-#: A sampler: (denoise, x, sigmas, *, noise, S_churn, S_min, S_max, S_noise, callback) -> x_0.
-Sampler = Callable[..., Tensor]
+#: D(x; t) as Algorithm 2 uses it: the state (float64) and the level as a float.
+_StateDenoiser = Callable[[Tensor, float], Tensor]
 
 
 def karras_sigmas(
@@ -68,7 +72,7 @@ def karras_sigmas(
 
 
 def initial_state(start: StartName, sigma_max: float, noise0: Tensor, lr_up: Tensor) -> Tensor:
-    """Return the start x_0 of the chain at noise level sigma_max (Algorithm 2, line 1).
+    """Return the start x_0 of the chain at noise level sigma_max (Algorithm 2, line 2).
 
     Args:
         start: "noise" for sigma_max * n with n ~ N(0, I) as in EDM; "lr" for
@@ -92,28 +96,31 @@ def initial_state(start: StartName, sigma_max: float, noise0: Tensor, lr_up: Ten
     raise ValueError(f"unknown start {start!r}; use 'noise', 'lr' or 'mean'")
 
 
-def _check_sigmas(sigmas: Tensor) -> int:
-    """Validate a schedule and return its number of steps N."""
+def _levels(sigmas: Tensor) -> list[float]:
+    """The noise levels t_0 > ... > t_N >= 0 of a schedule as Python floats, after checks."""
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise ValueError(f"sigmas must be 1-D with at least 2 entries, got {tuple(sigmas.shape)}")
     if not bool((sigmas[1:] < sigmas[:-1]).all()) or not bool((sigmas[-1] >= 0).all()):
         raise ValueError("sigmas must be strictly decreasing and end at a level >= 0")
-    return sigmas.numel() - 1
+    return [float(s) for s in sigmas.to(torch.float64).cpu()]
 
 
-def _state_dtype(device: torch.device) -> torch.dtype:
-    """float64 for the loop state, as in EDM, except on MPS, which has no float64."""
-    return torch.float32 if device.type == "mps" else torch.float64
+def _network(denoise: Denoiser, total: int, callback: ProgressFn | None) -> _StateDenoiser:
+    """D(x; t) for the state: run in float32, returned in the state's dtype, progress reported."""
+    done = 0
 
+    def evaluate(x: Tensor, t: float) -> Tensor:
+        nonlocal done
+        sigma = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)  # (B,)
+        denoised = denoise(x.to(torch.float32), sigma)
+        if denoised.shape != x.shape:
+            raise ValueError(f"denoiser returned {tuple(denoised.shape)} for x {tuple(x.shape)}")
+        done += 1
+        if callback is not None:
+            callback(done, total)
+        return denoised.to(x.dtype)
 
-def _evaluate(denoise: Denoiser, x: Tensor, sigma: float) -> Tensor:
-    """Run the denoiser in float32 on the state and return D(x; sigma) in the state's dtype."""
-    x32 = x.to(torch.float32)  # (B, C, H, W)
-    sigma32 = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)  # (B,)
-    denoised = denoise(x32, sigma32)
-    if denoised.shape != x.shape:
-        raise ValueError(f"denoiser returned {tuple(denoised.shape)} for x {tuple(x.shape)}")
-    return denoised.to(x.dtype)
+    return evaluate
 
 
 def _draw(noise: NoiseFn, index: int, like: Tensor) -> Tensor:
@@ -124,82 +131,31 @@ def _draw(noise: NoiseFn, index: int, like: Tensor) -> Tensor:
     return eps.to(device=like.device, dtype=like.dtype)
 
 
-def _run(
+def edm_sampler(
     denoise: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
     noise: NoiseFn,
-    S_churn: float,
-    S_min: float,
-    S_max: float,
-    S_noise: float,
-    callback: ProgressFn | None,
-    second_order: bool,
-) -> Tensor:
-    """EDM Algorithm 2, with the 2nd-order correction (Heun) or without it (Euler)."""
-    steps = _check_sigmas(sigmas)
-    levels = [float(s) for s in sigmas.to(torch.float64).cpu()]
-    corrections = sum(1 for s in levels[1:] if s > 0) if second_order else 0
-    total = steps + corrections
-    done = 0
-
-    def evaluated() -> None:
-        nonlocal done
-        done += 1
-        if callback is not None:
-            callback(done, total)
-
-    # Line 2: gamma_i = min(S_churn / N, sqrt(2) - 1) if t_i in [S_min, S_max], else 0.
-    gamma_max = min(S_churn / steps, math.sqrt(2.0) - 1.0)
-    x_next = x.to(_state_dtype(x.device))  # (B, C, H, W) Line 1: x_0 (made by initial_state)
-    for i in range(steps):  # Line 3
-        t_cur, t_next = levels[i], levels[i + 1]
-        x_cur = x_next
-        gamma = gamma_max if S_min <= t_cur <= S_max else 0.0
-        t_hat = t_cur + gamma * t_cur  # Line 5: t_hat = t_i + gamma_i t_i
-        if t_hat > t_cur:
-            # Lines 4 and 6: eps ~ N(0, S_noise^2 I); x_hat = x_i + sqrt(t_hat^2 - t_i^2) eps.
-            eps = S_noise * _draw(noise, i + 1, x_cur)
-            x_hat = x_cur + math.sqrt(t_hat**2 - t_cur**2) * eps
-        else:
-            x_hat = x_cur
-        denoised = _evaluate(denoise, x_hat, t_hat)
-        evaluated()
-        d_cur = (x_hat - denoised) / t_hat  # Line 7: d_i = (x_hat - D(x_hat; t_hat)) / t_hat
-        x_next = x_hat + (t_next - t_hat) * d_cur  # Line 8: Euler step
-        if second_order and t_next > 0:  # Line 9: correct unless sigma_{i+1} = 0
-            denoised = _evaluate(denoise, x_next, t_next)
-            evaluated()
-            d_prime = (x_next - denoised) / t_next  # Line 10
-            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)  # Line 11
-    assert done == total
-    return x_next.to(torch.float32)
-
-
-def sample_heun(
-    denoise: Denoiser,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    noise: NoiseFn,
+    solver: SamplerName = "heun",
     S_churn: float = 0.0,
     S_min: float = 0.0,
     S_max: float = math.inf,
     S_noise: float = 1.0,
     callback: ProgressFn | None = None,
 ) -> Tensor:
-    """Stochastic Heun sampler, EDM Algorithm 2 (2 evaluations per step, 1 at the last).
+    """EDM's stochastic sampler (Algorithm 2): Heun, or Euler, which leaves out lines 9-11.
 
     Args:
         denoise: the denoiser D(x; sigma); it must treat batch items independently for the
             result to be independent of the batch composition.
         x: (B, C, H, W) start state x_0 at noise level sigmas[0] (see ``initial_state``).
-        sigmas: (N + 1,) strictly decreasing noise levels, usually ``karras_sigmas``.
+        sigmas: (N + 1,) strictly decreasing noise levels t_i, usually ``karras_sigmas``.
         noise: standard normal noise shaped like ``x``; step i uses draw i + 1 and is only
             called on steps with churn (gamma_i > 0).
+        solver: "heun" (2 evaluations per step, 1 where t_{i+1} = 0) or "euler" (1 per step).
         S_churn: total churn; gamma_i = min(S_churn / N, sqrt(2) - 1). 0 gives the ODE solver.
-        S_min, S_max: churn only where S_min <= sigma_i <= S_max.
+        S_min, S_max: churn only where S_min <= t_i <= S_max.
         S_noise: standard deviation of the churn noise (slightly above 1 offsets the denoiser's
             tendency to remove too much noise).
         callback: called after every network evaluation with (done, total).
@@ -207,52 +163,29 @@ def sample_heun(
     Returns:
         (B, C, H, W) float32 sample x_N.
     """
-    return _run(
-        denoise,
-        x,
-        sigmas,
-        noise=noise,
-        S_churn=S_churn,
-        S_min=S_min,
-        S_max=S_max,
-        S_noise=S_noise,
-        callback=callback,
-        second_order=True,
-    )
-
-
-def sample_euler(
-    denoise: Denoiser,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    noise: NoiseFn,
-    S_churn: float = 0.0,
-    S_min: float = 0.0,
-    S_max: float = math.inf,
-    S_noise: float = 1.0,
-    callback: ProgressFn | None = None,
-) -> Tensor:
-    """Stochastic Euler sampler: EDM Algorithm 2 without lines 9-11 (1 evaluation per step).
-
-    Arguments and result as in ``sample_heun``.
-    """
-    return _run(
-        denoise,
-        x,
-        sigmas,
-        noise=noise,
-        S_churn=S_churn,
-        S_min=S_min,
-        S_max=S_max,
-        S_noise=S_noise,
-        callback=callback,
-        second_order=False,
-    )
-
-
-#: Samplers by the name used in ``SamplerConfig.sampler``.
-SAMPLERS: dict[str, Sampler] = {"heun": sample_heun, "euler": sample_euler}
+    if solver not in ("heun", "euler"):
+        raise ValueError(f"unknown solver {solver!r}; use 'heun' or 'euler'")
+    t = _levels(sigmas)
+    N = len(t) - 1
+    corrections = sum(1 for t_next in t[1:] if t_next > 0) if solver == "heun" else 0
+    D = _network(denoise, N + corrections, callback)
+    gamma_max = min(S_churn / N, math.sqrt(2.0) - 1.0)  # Alg. 2's gamma_i where churn applies
+    # Alg. 2 line 2: x_0 (drawn by initial_state), float64 as in EDM (MPS has no float64).
+    x_next = x.to(torch.float32 if x.device.type == "mps" else torch.float64)  # (B, C, H, W)
+    for i in range(N):  # Alg. 2 line 3
+        t_cur, t_next, x_cur = t[i], t[i + 1], x_next
+        gamma = gamma_max if S_min <= t_cur <= S_max else 0.0
+        t_hat = t_cur + gamma * t_cur  # Alg. 2 line 5: t_hat = t_i + gamma_i t_i
+        x_hat = x_cur
+        if t_hat > t_cur:  # Alg. 2 lines 4, 6 with churn: eps_i ~ N(0, S_noise^2 I)
+            eps = S_noise * _draw(noise, i + 1, x_cur)
+            x_hat = x_cur + math.sqrt(t_hat**2 - t_cur**2) * eps  # x_i + sqrt(..) eps_i
+        d_cur = (x_hat - D(x_hat, t_hat)) / t_hat  # Alg. 2 line 7: d_i
+        x_next = x_hat + (t_next - t_hat) * d_cur  # Alg. 2 line 8: Euler step t_hat -> t_{i+1}
+        if solver == "heun" and t_next > 0:  # Alg. 2 line 9 (Heun only)
+            d_prime = (x_next - D(x_next, t_next)) / t_next  # Alg. 2 line 10: d'_i
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)  # Alg. 2 line 11
+    return x_next.to(torch.float32)  # Alg. 2 line 12: x_N
 
 
 def sample(
@@ -263,7 +196,7 @@ def sample(
     noise: NoiseFn,
     callback: ProgressFn | None = None,
 ) -> Tensor:
-    """Run the sampler ``config`` names on the Karras schedule it describes.
+    """Run ``edm_sampler`` with the solver and churn of ``config`` on its Karras schedule.
 
     Args:
         config: sampler, schedule and churn settings (see ``SamplerConfig``).
@@ -282,11 +215,12 @@ def sample(
         sigma_max=config.sigma_max,
         rho=config.rho,
     )  # on the CPU: the loop reads the levels as Python floats
-    return SAMPLERS[config.sampler](
+    return edm_sampler(
         denoise,
         x_T,
         sigmas,
         noise=noise,
+        solver=config.sampler,
         S_churn=config.S_churn,
         S_min=config.S_min,
         S_max=config.S_max,

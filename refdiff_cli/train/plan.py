@@ -27,23 +27,6 @@ from refdiff_cli.train.references import synthesis_config
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class TrainHooks:
-    """Fault injection for tests (the CLI never sets it).
-
-    Attributes:
-        nan_loss_steps: steps (0-based) whose loss is replaced by NaN.
-        inf_grad_steps: steps whose first gradient is set to inf after the backward pass.
-        resume_without: parts of a checkpoint ignored on resume: "optimizer", "ema".
-        interrupt_steps: steps before which a KeyboardInterrupt is raised (a Ctrl-C).
-    """
-
-    nan_loss_steps: frozenset[int] = frozenset()
-    inf_grad_steps: frozenset[int] = frozenset()
-    resume_without: frozenset[str] = frozenset()
-    interrupt_steps: frozenset[int] = frozenset()
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class TrainReport:
     """What a training run did; the CLI prints it (``--json``: as JSON)."""
 

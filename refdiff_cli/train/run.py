@@ -28,16 +28,10 @@ from refdiff_cli.errors import Interrupted, TrainingDiverged
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
 from refdiff_cli.model.checkpoint import load_model, save_model
 from refdiff_cli.model.network import RefDiffUNet
-from refdiff_cli.model.precond import (
-    Conditioning,
-    EDMPrecond,
-    diffusion_target,
-    prepare_conditions,
-)
+from refdiff_cli.model.precond import Conditioning, EDMPrecond, diffusion_target
 from refdiff_cli.train import state as ts
 from refdiff_cli.train.options import TrainConfig
 from refdiff_cli.train.plan import (
-    TrainHooks,
     TrainPlan,
     TrainReport,
     batch_indices,
@@ -48,18 +42,17 @@ from refdiff_cli.train.plan import (
 )
 from refdiff_cli.train.references import training_references
 from refdiff_cli.train.validation import (
-    LR_UPSAMPLE,
+    batch_conditions,
     build_card,
     edm_loss_per_item,
     guided_config,
-    make_training_lr,
     training_loss,
     validate,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainHooks", "TrainReport", "train"]
+__all__ = ["TrainReport", "train"]
 
 
 def train(
@@ -68,7 +61,6 @@ def train(
     run_dir: Path,
     *,
     on_event: EventHandler = ignore_event,
-    hooks: TrainHooks | None = None,
 ) -> TrainReport:
     """Train (or resume training) a Ref-Diff model on ``chips`` into ``run_dir``.
 
@@ -91,7 +83,7 @@ def train(
         started = True
     try:
         with deterministic(config.deterministic):
-            trainer = _Trainer(plan, run_dir, hooks or TrainHooks(), on_event)
+            trainer = _Trainer(plan, run_dir, on_event)
             return trainer.run()
     finally:
         if started:
@@ -101,10 +93,8 @@ def train(
 class _Trainer:
     """State and loop of one run (see ``train``)."""
 
-    def __init__(
-        self, plan: TrainPlan, run_dir: Path, hooks: TrainHooks, on_event: EventHandler
-    ) -> None:
-        self.plan, self.config, self.hooks = plan, plan.config, hooks
+    def __init__(self, plan: TrainPlan, run_dir: Path, on_event: EventHandler) -> None:
+        self.plan, self.config = plan, plan.config
         self.main = plan.rank == 0
         self.on_event = on_event if self.main else ignore_event
         self.run_dir = run_dir
@@ -155,14 +145,7 @@ class _Trainer:
             tensors, meta = ts.load_checkpoint(path)
         fingerprint = self.plan.train.fingerprint
         self.warnings += ts.check_resume(meta, to_dict(self.config), fingerprint, path=path)
-        ts.unpack_state(
-            tensors,
-            meta["param_groups"],
-            self.net,
-            self.ema,
-            self.optimizer,
-            skip=self.hooks.resume_without,
-        )
+        ts.unpack_state(tensors, meta["param_groups"], self.net, self.ema, self.optimizer)
         self.step = self.start_step = int(meta["step"])
         self.skipped, self.bad_streak = int(meta["skipped_steps"]), int(meta["bad_streak"])
         self.first_bad, self.validation = meta["first_bad_step"], meta["validation"]
@@ -249,8 +232,6 @@ class _Trainer:
 
     def _train_step(self) -> None:
         cfg, plan, step = self.config, self.plan, self.step
-        if step in self.hooks.interrupt_steps:
-            raise KeyboardInterrupt
         device = plan.device
         order = batch_indices(cfg.seed, step, cfg.batch_size, len(plan.train))
         local = list(range(plan.rank, cfg.batch_size, plan.world_size))  # global positions
@@ -265,19 +246,7 @@ class _Trainer:
         batch = training_references(batch, cfg, step, local)
         hr, hr_valid = batch.hr.to(device), batch.hr_valid.to(device)
         lr_gens = [ts.generator_for("lr", cfg.seed, step, j) for j in local]
-        lr = make_training_lr(
-            hr, batch.lr, method=cfg.lr_method, scale=cfg.scale, generators=lr_gens
-        )
-        prepared = prepare_conditions(
-            lr=lr,
-            ref=batch.ref.to(device),
-            mask=batch.mask.to(device),
-            ref_valid=batch.ref_valid.to(device),
-            scale=cfg.scale,
-            reference=cfg.reference,
-            upsample_mode=LR_UPSAMPLE,
-            guided_config=self.guided_config,
-        )
+        prepared = batch_conditions(batch, hr, cfg, lr_gens, self.guided_config)
         cond = prepared.cond
         loss_gens = [ts.generator_for("loss", cfg.seed, step, j) for j in local]
         self.optimizer.zero_grad(set_to_none=True)
@@ -296,8 +265,6 @@ class _Trainer:
             total = counts.clone()
             dist.all_reduce(total)
             loss = loss * (counts[0] * plan.world_size / total[0].clamp(min=1))
-        if step in self.hooks.nan_loss_steps:
-            loss = loss * math.nan
         value = loss.detach().clone()
         if plan.world_size > 1:
             dist.all_reduce(value)
@@ -332,8 +299,6 @@ class _Trainer:
     def _clip_gradients(self) -> bool:
         """Global gradient norm (identical on every rank after DDP's all-reduce); clip it."""
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        if self.step in self.hooks.inf_grad_steps and grads:
-            grads[0].fill_(math.inf)
         norm = torch.nn.utils.get_total_norm(grads)
         self.grad_norm = float(norm)
         if not math.isfinite(self.grad_norm):

@@ -288,18 +288,12 @@ def unpack_state(
     net: torch.nn.Module,
     ema: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    *,
-    skip: frozenset[str] = frozenset(),
 ) -> None:
-    """Load what ``pack_state`` saved; ``skip`` ("ema", "optimizer") is for mutation tests."""
+    """Load what ``pack_state`` saved into the network, its EMA and the optimizer."""
     model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     net.load_state_dict(model, strict=True)
-    if "ema" in skip:
-        ema.load_state_dict(model, strict=True)
-    else:
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k[:4] == "ema."}, strict=True)
-    if "optimizer" not in skip:
-        load_optimizer(optimizer, tensors, groups)
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k[:4] == "ema."}, strict=True)
+    load_optimizer(optimizer, tensors, groups)
 
 
 def ema_beta(

@@ -24,6 +24,7 @@ from refdiff_cli.model.network_config import NetworkConfig
 from refdiff_cli.model.precond import (
     Conditioning,
     EDMPrecond,
+    Prepared,
     diffusion_target,
     image_from_target,
     prepare_conditions,
@@ -156,6 +157,35 @@ def make_training_lr(
     return torch.cat(items)  # (B, C, H/scale, W/scale)
 
 
+def batch_conditions(
+    batch: TrainBatch,
+    hr: torch.Tensor,
+    config: TrainConfig,
+    generators: Sequence[torch.Generator],
+    guided: GuidedConfig,
+) -> Prepared:
+    """The network conditions of a batch of chips, made the same way in training and validation.
+
+    The LR is ``make_training_lr`` of ``hr`` (one generator per item); the reference, mask and
+    reference validity move to ``hr``'s device; ``prepare_conditions`` applies the run's
+    reference recipe with the LR upsampling exported models use.
+    """
+    device = hr.device
+    lr = make_training_lr(
+        hr, batch.lr, method=config.lr_method, scale=config.scale, generators=generators
+    )
+    return prepare_conditions(
+        lr=lr,
+        ref=batch.ref.to(device),
+        mask=batch.mask.to(device),
+        ref_valid=batch.ref_valid.to(device),
+        scale=config.scale,
+        reference=config.reference,
+        upsample_mode=LR_UPSAMPLE,
+        guided_config=guided,
+    )
+
+
 def coin_flips(generators: Sequence[torch.Generator]) -> list[bool]:
     """One fair coin per item, drawn from the item's own generator."""
     return [bool(torch.rand((), generator=g) < 0.5) for g in generators]
@@ -216,19 +246,7 @@ def validate(
         crops = center_crops(dataset, ids, crop_px=config.crop_px, scale=config.scale)
         hr, valid = crops.hr.to(device), crops.hr_valid.to(device)
         gens = [generator_for("val-lr", config.seed, i) for i in ids]
-        lr = make_training_lr(
-            hr, crops.lr, method=config.lr_method, scale=config.scale, generators=gens
-        )
-        prepared = prepare_conditions(
-            lr=lr,
-            ref=crops.ref.to(device),
-            mask=crops.mask.to(device),
-            ref_valid=crops.ref_valid.to(device),
-            scale=config.scale,
-            reference=config.reference,
-            upsample_mode=LR_UPSAMPLE,
-            guided_config=guided_config(config),
-        )
+        prepared = batch_conditions(crops, hr, config, gens, guided_config(config))
         cond, lr_up, base = prepared.cond, prepared.cond.lr_up, prepared.base
         y = torch.where(valid, diffusion_target(hr, base, config.target), torch.zeros_like(hr))
         eps = torch.cat([_normal(hr[:1], "val-noise", config.seed, i) for i in ids]).to(device)

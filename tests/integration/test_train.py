@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -30,9 +29,10 @@ from refdiff_cli.files import file_sha256
 from refdiff_cli.model.checkpoint import load_model
 from refdiff_cli.reference.guided import GuidedConfig, guided_transfer
 from refdiff_cli.train import run as train_tool
+from refdiff_cli.train import state as train_state
 from refdiff_cli.train.options import TrainConfig
 from refdiff_cli.train.plan import batch_indices, lr_at, resolve
-from refdiff_cli.train.run import TrainHooks, train
+from refdiff_cli.train.run import train
 from refdiff_cli.train.state import deferred_signals, ema_beta, load_checkpoint, save_checkpoint
 from refdiff_cli.upscale.engines import DiffusionEngine, EngineBatch
 from tests.conftest import REPO_ROOT, run_cli
@@ -148,7 +148,59 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[CliRunner]:
     signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def test_exact_resume_after_ctrl_c_in_a_new_process(chips: Path, tmp_path: Path) -> None:
+@dataclasses.dataclass
+class Faults:
+    """What the ``faults`` fixture breaks in the training runs of this process (steps 0-based)."""
+
+    nan_loss: set[int] = dataclasses.field(default_factory=set)  # the network returns NaN
+    inf_grad: set[int] = dataclasses.field(default_factory=set)  # first gradient inf after backward
+    interrupt: set[int] = dataclasses.field(default_factory=set)  # Ctrl-C before the step
+    resume_without: set[str] = dataclasses.field(default_factory=set)  # "optimizer", "ema"
+
+
+@pytest.fixture
+def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
+    """Inject ``Faults`` by wrapping the trainer's step methods and the checkpoint loader."""
+    injected = Faults()
+    trainer = train_tool._Trainer
+    train_step, denoise, clip = trainer._train_step, trainer._denoise, trainer._clip_gradients
+    unpack_state, load_optimizer = train_state.unpack_state, train_state.load_optimizer
+
+    def interruptible_step(self: Any) -> None:
+        if self.step in injected.interrupt:
+            raise KeyboardInterrupt
+        train_step(self)
+
+    def diverging_denoise(self: Any, *args: Any) -> torch.Tensor:
+        out = denoise(self, *args)
+        return out * math.nan if self.step in injected.nan_loss else out
+
+    def inf_gradients(self: Any) -> bool:
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if self.step in injected.inf_grad and grads:
+            grads[0].fill_(math.inf)
+        return clip(self)
+
+    def unpack_without(tensors: Any, groups: Any, net: Any, ema: Any, optimizer: Any) -> None:
+        unpack_state(tensors, groups, net, ema, optimizer)
+        if "ema" in injected.resume_without:
+            ema.load_state_dict(net.state_dict())  # the EMA restarts at the weights
+
+    def load_optimizer_unless_skipped(*args: Any) -> None:
+        if "optimizer" not in injected.resume_without:
+            load_optimizer(*args)
+
+    monkeypatch.setattr(trainer, "_train_step", interruptible_step)
+    monkeypatch.setattr(trainer, "_denoise", diverging_denoise)
+    monkeypatch.setattr(trainer, "_clip_gradients", inf_gradients)
+    monkeypatch.setattr(train_state, "unpack_state", unpack_without)
+    monkeypatch.setattr(train_state, "load_optimizer", load_optimizer_unless_skipped)
+    return injected
+
+
+def test_exact_resume_after_ctrl_c_in_a_new_process(
+    chips: Path, tmp_path: Path, faults: Faults
+) -> None:
     """T1 + T2 + T9: 6 steps straight == Ctrl-C at step 3 + re-run in a new process, bitwise."""
     config = tiny(steps=6)
     straight = train(config, chips, tmp_path / "a")
@@ -156,8 +208,10 @@ def test_exact_resume_after_ctrl_c_in_a_new_process(chips: Path, tmp_path: Path)
     assert straight.step == 6 and checkpoints(tmp_path / "a") == ["step-0000006.safetensors"]
 
     run_b = tmp_path / "b"
+    faults.interrupt = {3}
     with pytest.raises(KeyboardInterrupt):
-        train(config, chips, run_b, hooks=TrainHooks(interrupt_steps=frozenset({3})))
+        train(config, chips, run_b)
+    faults.interrupt = set()
     assert checkpoints(run_b) == ["step-0000003.safetensors"], "saved at the step boundary"
     for name in ("c", "d"):
         shutil.copytree(run_b, tmp_path / name)
@@ -175,8 +229,8 @@ def test_exact_resume_after_ctrl_c_in_a_new_process(chips: Path, tmp_path: Path)
 
     # Mutation checks: resuming without the optimizer state or the EMA must break equality.
     for name, part, prefix in (("c", "optimizer", "mode"), ("d", "ema", "ema.")):
-        hooks = TrainHooks(resume_without=frozenset({part}))
-        mutated = train(config, chips, tmp_path / name, hooks=hooks)
+        faults.resume_without = {part}
+        mutated = train(config, chips, tmp_path / name)
         got = tensors(mutated.checkpoint or Path())
         deltas = [float((got[k] - expected[k]).abs().max()) for k in expected if k[:4] == prefix]
         assert max(deltas) > 1e-5, f"resuming without the {part} went unnoticed"
@@ -244,13 +298,13 @@ def test_nan_guard_skips_steps_then_gives_up(
     chips: Path,
     tmp_path: Path,
     cli: CliRunner,
-    monkeypatch: pytest.MonkeyPatch,
+    faults: Faults,
 ) -> None:
     """T4 + T5: a NaN loss or an inf gradient skips the step; max_bad_steps in a row: exit 1."""
     run = tmp_path / "run"
     config = tiny(steps=5, checkpoint_every=1, keep_checkpoints=10, max_bad_steps=3)
-    hooks = TrainHooks(nan_loss_steps=frozenset({1}), inf_grad_steps=frozenset({3}))
-    report = train(config, chips, run, hooks=hooks)
+    faults.nan_loss, faults.inf_grad = {1}, {3}
+    report = train(config, chips, run)
     assert (report.step, report.skipped_steps) == (5, 2)
     saved = {k: tensors(run / "checkpoints" / f"step-{k:07d}.safetensors") for k in range(1, 6)}
     weights = [k for k in saved[1] if k.startswith("model.")]
@@ -262,8 +316,7 @@ def test_nan_guard_skips_steps_then_gives_up(
     assert [s["skipped_steps"] for s in stats] == [0, 1, 1, 2, 2]
     assert stats[1]["loss"] is None
 
-    bad = TrainHooks(nan_loss_steps=frozenset({5, 6, 7}))
-    monkeypatch.setattr(train_tool, "train", functools.partial(train_tool.train, hooks=bad))
+    faults.nan_loss, faults.inf_grad = {5, 6, 7}, set()
     cfg = config_file(tmp_path / "config.json", config)
     code, _, err = cli("train", chips, "-o", run, "--config", cfg, "--steps", "9")
     assert code == 1, err
@@ -286,10 +339,10 @@ def test_checkpoints_with_non_finite_tensors_are_never_written(tmp_path: Path) -
     assert torch.equal(loaded["model.w"], torch.tensor([1.0, 2.0])) and meta["step"] == 1
 
 
-def test_diverged_before_any_checkpoint(chips: Path, tmp_path: Path) -> None:
-    hooks = TrainHooks(nan_loss_steps=frozenset(range(10)))
+def test_diverged_before_any_checkpoint(chips: Path, tmp_path: Path, faults: Faults) -> None:
+    faults.nan_loss = set(range(10))
     with pytest.raises(TrainingDiverged, match="since step 0; last good checkpoint none"):
-        train(tiny(steps=10, max_bad_steps=2), chips, tmp_path / "run", hooks=hooks)
+        train(tiny(steps=10, max_bad_steps=2), chips, tmp_path / "run")
     folder = tmp_path / "run" / "checkpoints"
     assert not folder.exists() or not list(folder.iterdir())
     assert not (tmp_path / "run" / "model.safetensors").exists()

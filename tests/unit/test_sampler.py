@@ -14,14 +14,7 @@ from hypothesis import strategies as st
 
 from refdiff_cli.config import SAMPLER_PRESETS, SamplerConfig, StartName
 from refdiff_cli.diffusion.noise import PixelNoise, make_noise_fn
-from refdiff_cli.diffusion.sampler import (
-    SAMPLERS,
-    initial_state,
-    karras_sigmas,
-    sample,
-    sample_euler,
-    sample_heun,
-)
+from refdiff_cli.diffusion.sampler import edm_sampler, initial_state, karras_sigmas, sample
 
 S_DATA = 0.5  # standard deviation of the Gaussian test data
 
@@ -130,7 +123,7 @@ def test_deterministic_samplers_return_the_fixed_image_of_a_constant_denoiser(
 
     x_T = 80.0 * PixelNoise(1, 3)(0, [(0, 0), (0, 4)], (5, 4))
     sigmas = karras_sigmas(steps, sigma_min=0.002, sigma_max=80.0, rho=7.0)
-    out = SAMPLERS[name](denoise, x_T, sigmas, noise=no_noise)
+    out = edm_sampler(denoise, x_T, sigmas, noise=no_noise, solver=name)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-5)
 
@@ -143,8 +136,8 @@ def test_heun_is_second_order_and_euler_first_order_on_the_gaussian_ode() -> Non
     errors: dict[str, list[float]] = {"heun": [], "euler": []}
     for steps in (16, 32, 64):
         sigmas = karras_sigmas(steps, sigma_min=0.002, sigma_max=80.0, rho=7.0)
-        for name, fn in SAMPLERS.items():
-            out = fn(gaussian_denoiser(), x_T, sigmas, noise=no_noise)
+        for name in ("heun", "euler"):
+            out = edm_sampler(gaussian_denoiser(), x_T, sigmas, noise=no_noise, solver=name)
             errors[name].append(float((out.double() - exact).abs().max()))
     heun, euler = errors["heun"], errors["euler"]
     assert heun[0] / heun[1] > 3.5  # error ~ N^-2
@@ -221,11 +214,12 @@ def test_sample_dispatches_to_the_named_sampler_on_the_karras_schedule() -> None
     config = dataclasses.replace(churned(12), sampler="euler")
     noise = make_noise_fn(PixelNoise(3, 2), [(0, 0)], (4, 4), "cpu")
     sigmas = karras_sigmas(12, sigma_min=config.sigma_min, sigma_max=config.sigma_max, rho=7.0)
-    direct = sample_euler(
+    direct = edm_sampler(
         gaussian_denoiser(),
         80.0 * noise(0),
         sigmas,
         noise=noise,
+        solver="euler",
         S_churn=config.S_churn,
         S_min=config.S_min,
         S_max=config.S_max,
@@ -245,13 +239,15 @@ def test_shape_mismatches_are_reported() -> None:
     sigmas = karras_sigmas(4, sigma_min=0.002, sigma_max=80.0, rho=7.0)
     x = torch.zeros(1, 1, 4, 4)
     with pytest.raises(ValueError, match="noise draw 1"):
-        sample_heun(
+        edm_sampler(
             gaussian_denoiser(), x, sigmas, noise=lambda i: torch.zeros(1, 1, 3, 3), S_churn=1.0
         )
     with pytest.raises(ValueError, match="denoiser returned"):
-        sample_heun(lambda x, s: x[:, :, :2], x, sigmas, noise=no_noise)
+        edm_sampler(lambda x, s: x[:, :, :2], x, sigmas, noise=no_noise)
     with pytest.raises(ValueError, match="decreasing"):
-        sample_heun(gaussian_denoiser(), x, sigmas.flip(0), noise=no_noise)
+        edm_sampler(gaussian_denoiser(), x, sigmas.flip(0), noise=no_noise)
+    with pytest.raises(ValueError, match="solver"):
+        edm_sampler(gaussian_denoiser(), x, sigmas, noise=no_noise, solver="rk4")  # type: ignore[arg-type]
 
 
 # --- tiles, batches and the noise field -------------------------------------------------------
