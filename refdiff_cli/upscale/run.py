@@ -34,7 +34,7 @@ from refdiff_cli.data.tiling import (
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
 from refdiff_cli.geo import grid as geogrid
-from refdiff_cli.geo import read, write
+from refdiff_cli.geo import preflight, read, write
 from refdiff_cli.geo.env import GDAL_CACHE_BYTES
 from refdiff_cli.model.checkpoint import default_model_installed, load_model
 from refdiff_cli.model.device import resolve_device
@@ -243,13 +243,13 @@ def upscale(
     dtype, nodata_override = output_type(checked.lr.dtype, options)
     raw_bytes = out_grid.width * out_grid.height * n_bands * dtype.itemsize
     inputs = [p for p in (job.lr, job.ref, job.mask) if p is not None]
-    free = write.preflight_output(
+    free = preflight.preflight_output(
         job.output, inputs=inputs, overwrite=options.overwrite, raw_bytes=raw_bytes
     )
     pixels = out_grid.width * out_grid.height
     for layer_path, layer_bytes in ((job.mask_out, pixels), (job.trust_out, 8 * pixels)):
         if layer_path is not None:
-            write.preflight_output(
+            preflight.preflight_output(
                 layer_path, inputs=inputs, overwrite=options.overwrite, raw_bytes=layer_bytes
             )
     sources = read.decode_sources(checked, percentiles=engine.normalization.percentiles)
