@@ -135,8 +135,8 @@ def run_upscale(
     """Load the engine ``options`` ask for once and run every job (the CLI's core).
 
     ``options`` must come from ``upscale_options`` (or have had their creation options
-    checked with ``geo.write.check_creation_options``, as the CLI does). Under torchrun every
-    rank calls this; rank 0's report covers all jobs (``batch.run_batch``).
+    checked with ``geo.creation_options.check_creation_options``, as the CLI does). Under
+    torchrun every rank calls this; rank 0's report covers all jobs (``batch.run_batch``).
     """
     from refdiff_cli.upscale.batch import run_batch
     from refdiff_cli.upscale.distributed import World, process_group
@@ -182,7 +182,7 @@ def upscale_options(**options: Any) -> UpscaleOptions:
     """
     values = _values(UpscaleOptions, "upscale", options)
     if values.get("creation_options"):  # first, as the CLI always did: GDAL says what is wrong
-        from refdiff_cli.geo.write import check_creation_options
+        from refdiff_cli.geo.creation_options import check_creation_options
 
         check_creation_options(values["creation_options"], cog=values.get("cog", False))
     return UpscaleOptions(**values)

@@ -65,7 +65,7 @@ def resolve_jobs(
     trust_out: Path | None = None,
 ) -> list[Any]:
     """Turn positional inputs or a list file into upscale jobs with explicit output paths."""
-    from refdiff_cli.geo.write import check_output_name
+    from refdiff_cli.geo.preflight import check_output_name
     from refdiff_cli.upscale.batch import check_layer_outputs, jobs_from_list, output_names
     from refdiff_cli.upscale.run import UpscaleJob
 

@@ -18,8 +18,8 @@ from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.data.tiling import PixelWindow
 from refdiff_cli.datasets import item_pixels, layouts, set_lists
 from refdiff_cli.errors import ConfigError, InputError
+from refdiff_cli.geo import alignment, raster_info, read
 from refdiff_cli.geo import grid as geogrid
-from refdiff_cli.geo import read
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def load_sample(
     mask_encoding: str = "auto",
     bands: Sequence[int] | None = None,
     ref_bands: Sequence[int] | None = None,
-    mask_grid: read.MaskGrid = "own",
+    mask_grid: alignment.MaskGrid = "own",
 ) -> Sample:
     """Read item ``index`` of ``dataset`` into a :class:`Sample`.
 
@@ -260,7 +260,7 @@ def load_geo_sample(
     mask_encoding: str = "auto",
     bands: Sequence[int] | None = None,
     ref_bands: Sequence[int] | None = None,
-    mask_grid: read.MaskGrid = "own",
+    mask_grid: alignment.MaskGrid = "own",
 ) -> Sample:
     """Open one GeoTIFF set as upscale does and read it whole onto the output grid.
 
@@ -330,10 +330,10 @@ def _read_hr(
     path: Path, out_grid: geogrid.Grid, bands: Sequence[int] | None, count: int
 ) -> tuple[npt.NDArray[Any], Valid, np.dtype[Any]]:
     """The HR (C, H, W), its validity (H, W) on the output grid and the file's dtype."""
-    info = read.inspect_raster(path, "hr")
+    info = raster_info.inspect_raster(path, "hr")
     dtype = np.dtype(info.dtype)
     wanted = bands if bands is not None and all(b <= info.count for b in bands) else None
-    selected = read.select_bands(info, wanted)
+    selected = raster_info.select_bands(info, wanted)
     if len(selected) != count:
         raise InputError(
             f"hr {path} gives {len(selected)} band(s) but the LR gives {count}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Protocol
 
 import numpy as np
 import pyproj
@@ -16,6 +17,19 @@ from refdiff_cli.data.tiling import PixelWindow
 
 #: Points per footprint edge when a footprint is projected into another CRS.
 FOOTPRINT_DENSIFY = 32
+
+
+class GridLike(Protocol):
+    """What the writer needs of a grid (``Grid`` fits): CRS, affine transform, size."""
+
+    @property
+    def crs(self) -> Any: ...
+    @property
+    def transform(self) -> Any: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

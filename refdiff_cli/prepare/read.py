@@ -25,7 +25,7 @@ from refdiff_cli.data.tiling import PixelWindow, axis_starts
 from refdiff_cli.datasets import item_pixels
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo import grid as geogrid
-from refdiff_cli.geo import images, read
+from refdiff_cli.geo import images, raster_info, read
 from refdiff_cli.prepare.sources import SourcePlan
 
 logger = logging.getLogger(__name__)
@@ -342,8 +342,8 @@ def _read_single(
             _plain_names(data.shape[0], bands),
             _grid_info(None),
         )
-    info = read.inspect_raster(path, "hr")
-    selected = read.select_bands(info, bands)
+    info = raster_info.inspect_raster(path, "hr")
+    selected = raster_info.select_bands(info, bands)
     nbytes = len(selected) * info.shape[0] * info.shape[1] * np.dtype(info.dtype).itemsize
     if nbytes > images.MAX_IMAGE_BYTES:
         raise InputError(

@@ -9,7 +9,7 @@ How the bands are found:
 - **Red, green, blue**: ``--rgb R,G,B`` (1-based LR band indexes); else the colour
   interpretation of the selected LR bands; else their descriptions (``red``/``green``/
   ``blue``, or Sentinel-2/Landsat 8 names ``B04``/``B03``/``B02``, any case).
-- **Reference band of an LR band** (``read.pair_reference_bands``): ``--ref-bidx``, one per
+- **Reference band of an LR band** (``band_pairing.pair_reference_bands``): ``--ref-bidx``, one per
   LR band, 0 for none; else the same index when ``-b`` was given and the reference has it;
   else by name when both rasters name all their bands; else in order.
 """

@@ -21,12 +21,8 @@ from refdiff_cli.errors import (
     RefdiffError,
 )
 from refdiff_cli.events import EventHandler, ignore_event
-from refdiff_cli.geo.write import (
-    check_output_name,
-    preflight_output,
-    read_completion_tags,
-    verify_raster,
-)
+from refdiff_cli.geo.preflight import check_output_name, preflight_output
+from refdiff_cli.geo.verify import read_completion_tags, verify_raster
 from refdiff_cli.upscale.distributed import SINGLE, TileRows, World, gathered, my_share
 from refdiff_cli.upscale.engines import Engine
 from refdiff_cli.upscale.run import UpscaleJob, UpscaleReport, params_hash, upscale

@@ -34,7 +34,7 @@ from refdiff_cli.data.tiling import (
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
 from refdiff_cli.geo import grid as geogrid
-from refdiff_cli.geo import read, write
+from refdiff_cli.geo import preflight, raster_info, read, write
 from refdiff_cli.geo.env import GDAL_CACHE_BYTES
 from refdiff_cli.model.checkpoint import default_model_installed, load_model
 from refdiff_cli.model.device import resolve_device
@@ -243,13 +243,13 @@ def upscale(
     dtype, nodata_override = output_type(checked.lr.dtype, options)
     raw_bytes = out_grid.width * out_grid.height * n_bands * dtype.itemsize
     inputs = [p for p in (job.lr, job.ref, job.mask) if p is not None]
-    free = write.preflight_output(
+    free = preflight.preflight_output(
         job.output, inputs=inputs, overwrite=options.overwrite, raw_bytes=raw_bytes
     )
     pixels = out_grid.width * out_grid.height
     for layer_path, layer_bytes in ((job.mask_out, pixels), (job.trust_out, 8 * pixels)):
         if layer_path is not None:
-            write.preflight_output(
+            preflight.preflight_output(
                 layer_path, inputs=inputs, overwrite=options.overwrite, raw_bytes=layer_bytes
             )
     sources = read.decode_sources(checked, percentiles=engine.normalization.percentiles)
@@ -457,7 +457,7 @@ def resume_binding(
     inputs = [p for p in (job.lr, job.ref, job.mask) if p is not None]
     relevant = {
         "params": params_hash(job, engine, options),
-        "stamps": [dataclasses.astuple(read.stamp(p)) for p in inputs],
+        "stamps": [dataclasses.astuple(raster_info.stamp(p)) for p in inputs],
         "device": str(getattr(engine, "device", "cpu")),
         "output": [writer.dtype.name, repr(writer.nodata), writer.block_rows, writer.count],
         "layers": list(layers),
@@ -840,7 +840,9 @@ def params_hash(job: UpscaleJob, engine: Engine, options: UpscaleOptions) -> str
             for k, v in to_dict(options).items()
             if k not in ("overwrite", "skip_existing", "dry_run", "device", "batch_size")
         },
-        "inputs": [read.fingerprint(p) for p in (job.lr, job.ref, job.mask) if p is not None],
+        "inputs": [
+            raster_info.fingerprint(p) for p in (job.lr, job.ref, job.mask) if p is not None
+        ],
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
@@ -884,7 +886,7 @@ def provenance_tags(
         ),
         "REFDIFF_INPUTS": json.dumps(
             {
-                role: "estimated" if p is None else read.fingerprint(p)
+                role: "estimated" if p is None else raster_info.fingerprint(p)
                 for role, p in (("lr", job.lr), ("ref", job.ref), ("mask", job.mask))
             },
             sort_keys=True,

@@ -23,8 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refdiff_cli.errors import ConfigError, InputError, Interrupted, OutputError
-from refdiff_cli.geo import profiles, write
-from refdiff_cli.geo.write import RasterWriter, preflight_output, read_completion_tags
+from refdiff_cli.geo import profiles, verify
+from refdiff_cli.geo.preflight import preflight_output
+from refdiff_cli.geo.verify import read_completion_tags
+from refdiff_cli.geo.write import RasterWriter
 
 ROTATED = Affine(0.5, 0.1, 500_000.0, 0.1, -0.5, 5_000_000.0)
 
@@ -335,7 +337,7 @@ def test_free_space_below_a_tenth_fails_and_below_raw_warns(
     folder = tmpfs("small", "size=1m")
     with pytest.raises(OutputError, match="not enough free space"):
         preflight_output(folder / "out.tif", inputs=[], overwrite=False, raw_bytes=100 * 2**20)
-    with caplog.at_level(logging.WARNING, logger="refdiff_cli.geo.write"):
+    with caplog.at_level(logging.WARNING, logger="refdiff_cli.geo.preflight"):
         preflight_output(folder / "out.tif", inputs=[], overwrite=False, raw_bytes=4 * 2**20)
     assert "compresses well" in caplog.text
     assert list(folder.iterdir()) == []
@@ -514,13 +516,13 @@ def test_tmpfs_full_is_caught(tmpfs: Callable[[str, str], Path]) -> None:
 def test_verification_catches_a_temp_file_corrupted_after_close(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    verify = write.verify_raster
+    original = verify.verify_raster
 
     def truncate_then_verify(path: Path, **kwargs: Any) -> dict[str, str]:
         os.truncate(path, path.stat().st_size // 2)
-        return verify(path, **kwargs)
+        return original(path, **kwargs)
 
-    monkeypatch.setattr(write, "verify_raster", truncate_then_verify)
+    monkeypatch.setattr(verify, "verify_raster", truncate_then_verify)
     out = tmp_path / "out.tif"
     with pytest.raises(OutputError, match="was not published"):
         write_all(out, noise((3, 512, 512)))
@@ -531,11 +533,11 @@ def test_verification_catches_a_temp_file_corrupted_after_close(
 def test_verify_raster_compares_strip_checksums_and_completion(tmp_path: Path) -> None:
     data = noise((1, 40, 40))
     out = write_all(tmp_path / "out.tif", data)
-    assert write.verify_raster(out)["REFDIFF_COMPLETE"] == "1"
+    assert verify.verify_raster(out)["REFDIFF_COMPLETE"] == "1"
     with pytest.raises(OutputError, match="read back differently"):
-        write.verify_raster(out, strips={0: (40, 12345)})
+        verify.verify_raster(out, strips={0: (40, 12345)})
     with pytest.raises(OutputError, match="size 40x40, expected 41x40"):
-        write.verify_raster(
+        verify.verify_raster(
             out, grid=Grid(crs="EPSG:32633", transform=ROTATED, width=41, height=40)
         )
     plain = tmp_path / "plain.tif"
@@ -545,7 +547,7 @@ def test_verify_raster_compares_strip_checksums_and_completion(tmp_path: Path) -
     ) as dst:  # fmt: skip
         dst.write(data[:, :8, :8])
     with pytest.raises(OutputError, match="REFDIFF_COMPLETE"):
-        write.verify_raster(plain)
+        verify.verify_raster(plain)
 
 
 def test_temp_file_is_hidden_and_in_the_output_folder(tmp_path: Path) -> None:

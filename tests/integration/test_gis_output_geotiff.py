@@ -13,7 +13,8 @@ import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp
 
-from refdiff_cli.geo.write import BandStatistics, RasterWriter
+from refdiff_cli.geo.band_statistics import BandStatistics
+from refdiff_cli.geo.write import RasterWriter
 from tests.conftest import SAMPLE_DATA, run_cli
 
 RGB = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)

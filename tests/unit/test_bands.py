@@ -11,7 +11,7 @@ import torch
 from refdiff_cli.config import UpscaleOptions
 from refdiff_cli.data.resample import downscale_bicubic, upsample
 from refdiff_cli.errors import ConfigError, InputError
-from refdiff_cli.geo import read
+from refdiff_cli.geo import band_pairing, raster_info
 from refdiff_cli.geo.band_names import band_name
 from refdiff_cli.reference.guided import guided_transfer, reference_shift
 from refdiff_cli.upscale.bands import BandRoutes, RoutedEngine, find_rgb, route_bands
@@ -199,39 +199,39 @@ def _info(make_raster, name: str, bands: int, descriptions=None):  # type: ignor
     if descriptions is not None:
         with rasterio.open(path, "r+") as dst:
             dst.descriptions = descriptions
-    return read.inspect_raster(path, name.removesuffix(".tif"))
+    return raster_info.inspect_raster(path, name.removesuffix(".tif"))
 
 
 def test_reference_bands_pair_by_option_with_zero_for_none(make_raster) -> None:  # type: ignore[no-untyped-def]
     lr, ref = _info(make_raster, "lr.tif", 4), _info(make_raster, "ref.tif", 3)
-    assert read.pair_reference_bands(ref, lr, (1, 2, 3, 4), None, (3, 0, 1, 3)) == (
+    assert band_pairing.pair_reference_bands(ref, lr, (1, 2, 3, 4), None, (3, 0, 1, 3)) == (
         (3, 1),
         (0, None, 1, 0),
     )
     with pytest.raises(ConfigError, match="one reference band per LR band"):
-        read.pair_reference_bands(ref, lr, (1, 2, 3, 4), None, (1, 2, 3))
+        band_pairing.pair_reference_bands(ref, lr, (1, 2, 3, 4), None, (1, 2, 3))
     with pytest.raises(ConfigError, match="do not exist"):
-        read.pair_reference_bands(ref, lr, (1, 2, 3, 4), None, (1, 2, 3, 4))
+        band_pairing.pair_reference_bands(ref, lr, (1, 2, 3, 4), None, (1, 2, 3, 4))
 
 
 def test_reference_bands_pair_by_name_then_in_order(make_raster) -> None:  # type: ignore[no-untyped-def]
     lr = _info(make_raster, "lr.tif", 4, ("B02", "B03", "B04", "B08"))
     named = _info(make_raster, "ref.tif", 3, ("red", "green", "blue"))
-    assert read.pair_reference_bands(named, lr, (1, 2, 3, 4), None, None) == (
+    assert band_pairing.pair_reference_bands(named, lr, (1, 2, 3, 4), None, None) == (
         (3, 2, 1),
         (0, 1, 2, None),
     )
     unnamed = _info(make_raster, "ref3.tif", 3)
-    assert read.pair_reference_bands(unnamed, lr, (1, 2, 3, 4), None, None) == (
+    assert band_pairing.pair_reference_bands(unnamed, lr, (1, 2, 3, 4), None, None) == (
         (1, 2, 3),
         (0, 1, 2, None),
     )
     wider = _info(make_raster, "ref5.tif", 5)
     with pytest.raises(InputError, match="not named"):
-        read.pair_reference_bands(wider, lr, (1, 2, 3, 4), None, None)
+        band_pairing.pair_reference_bands(wider, lr, (1, 2, 3, 4), None, None)
     other = _info(make_raster, "other.tif", 2, ("swir1", "swir2"))
     with pytest.raises(InputError, match="no band named like"):
-        read.pair_reference_bands(other, lr, (1, 2, 3, 4), None, None)
+        band_pairing.pair_reference_bands(other, lr, (1, 2, 3, 4), None, None)
 
 
 def test_routed_engine_shows_the_inner_engines_other_settings() -> None:
