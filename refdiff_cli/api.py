@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from refdiff_cli.evaluate.options import EvalOptions
     from refdiff_cli.evaluate.run import EvalReport
     from refdiff_cli.upscale.batch import BatchReport
-    from refdiff_cli.upscale.run import UpscaleJob, UpscaleReport
+    from refdiff_cli.upscale.job import UpscaleJob, UpscaleReport
 
 __all__ = [
     "evaluate",
@@ -197,7 +197,7 @@ def evaluate_options(**options: Any) -> EvalOptions:
 
 def _job(job: UpscaleJob | Mapping[str, PathLike | None]) -> UpscaleJob:
     """An ``UpscaleJob`` from a job or a mapping of paths; ConfigError naming a bad key."""
-    from refdiff_cli.upscale.run import UpscaleJob
+    from refdiff_cli.upscale.job import UpscaleJob
 
     if isinstance(job, UpscaleJob):
         return job

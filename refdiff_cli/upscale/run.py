@@ -49,6 +49,7 @@ from refdiff_cli.upscale.engines import (
     EngineBatch,
     GuidedEngine,
 )
+from refdiff_cli.upscale.job import UpscaleJob, UpscaleReport
 from refdiff_cli.upscale.journal import open_journal
 
 logger = logging.getLogger(__name__)
@@ -81,68 +82,6 @@ ACTIVATION_MARGIN = 1.5
 
 Array = npt.NDArray[np.float32]
 Valid = npt.NDArray[np.bool_]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class UpscaleJob:
-    """One output to produce: LR, reference and change mask in, one GeoTIFF out.
-
-    Attributes:
-        mask: the change mask file, or None to estimate it from LR and reference
-            (``change.py``).
-        mask_out: where to write the mask the run used (given or estimated) on the output
-            grid, uint8 0 unchanged / 1 changed / 255 nodata; None writes none.
-        trust_out: where to write the trust layers (``trust.py``) on the output grid,
-            float32: band 1 the reference weight, band 2 the uncertainty in output units,
-            NaN nodata; None writes none.
-    """
-
-    lr: Path
-    ref: Path
-    mask: Path | None
-    output: Path
-    mask_out: Path | None = None
-    trust_out: Path | None = None
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class UpscaleReport:
-    """What one upscale did (or, with ``dry_run``, would do); rendered by the CLI or as JSON."""
-
-    output: Path
-    status: str  # "written", "dry-run" or "shared" (torchrun ranks other than 0)
-    width: int
-    height: int
-    bands: int
-    dtype: str
-    crs: str
-    transform: tuple[float, ...]
-    tiles: int
-    tile_px: int
-    overlap_px: int
-    ref_coverage: float
-    mask_coverage: float
-    mask_source: str  # "file" or "estimated"
-    mask_out: Path | None  # where the mask used was written (--mask-out)
-    trust_out: Path | None  # where the trust layers were written (--trust-out)
-    seconds: float
-    output_bytes_raw: int
-    peak_memory_estimate_bytes: int
-    free_bytes: int
-    engine: dict[str, Any]
-    clamped_values: int = 0
-    warnings: tuple[str, ...] = ()
-    #: Dry runs: ``seconds`` (expected run time: the preflight as measured plus every tile
-    #: batch at the measured rate), ``batch_seconds`` and ``batch_tiles`` (one batch measured
-    #: on ``device``), ``batches``. None for written outputs.
-    time_estimate: dict[str, Any] | None = None
-    #: Strips (and the tiles behind them) taken over verified from an interrupted run.
-    resumed_strips: int = 0
-    resumed_tiles: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (paths as strings)."""
-        return to_dict(self)
 
 
 class TileReader(Protocol):
@@ -564,8 +503,8 @@ def time_estimate(
     tiles = plan.tiles[: options.batch_size]
     with read.SourceReader(sources, out_grid) as reader:
         begun = time.perf_counter()
-        batch, _ = _engine_batch(tiles, reader, engine.scale, options.seed, space)
-        out = _call_padded(engine, batch).numpy()  # (B, C, H, W) model space
+        batch, _ = engine_batch(tiles, reader, engine.scale, options.seed, space)
+        out = call_padded(engine, batch).numpy()  # (B, C, H, W) model space
         for tile_out in out:
             normalize.from_model(tile_out, space.lr)
         batch_seconds = time.perf_counter() - begun
@@ -720,8 +659,8 @@ def sr_tiles(
     low, high = np.asarray(space.lr.low), np.asarray(space.lr.high)
     units_per_model_unit = float(np.mean((high - low) / 2))
     for tile_batch in batches(tiles, batch_size):
-        batch, lr_valid = _engine_batch(tile_batch, reader, engine.scale, seed, space)
-        out = _call_padded(engine, batch).numpy()  # (B, C, H, W) model space
+        batch, lr_valid = engine_batch(tile_batch, reader, engine.scale, seed, space)
+        out = call_padded(engine, batch).numpy()  # (B, C, H, W) model space
         extra: dict[str, torch.Tensor] = {"mask": batch.mask[:, :1]}
         if {"weight", "uncertainty"} & set(layers):
             extra["weight"] = engine.reference_weight(batch)  # (B, 1, H, W)
@@ -753,7 +692,7 @@ def check_mask_channel(engine: Engine, space: ModelSpace) -> None:
         )
 
 
-def _engine_batch(
+def engine_batch(
     tiles: Sequence[Tile], reader: TileReader, scale: int, seed: int, space: ModelSpace
 ) -> tuple[EngineBatch, list[Valid]]:
     """Read and normalise one batch; return it with each tile's output validity (H, W)."""
@@ -798,7 +737,7 @@ def _engine_batch(
     return batch, valid_list
 
 
-def _call_padded(engine: Engine, batch: EngineBatch) -> torch.Tensor:
+def call_padded(engine: Engine, batch: EngineBatch) -> torch.Tensor:
     """Run the engine on tiles padded to its size multiple (rasters smaller than a tile)."""
     height, width = batch.ref.shape[2], batch.ref.shape[3]
     multiple = math.lcm(engine.scale, engine.size_multiple)
