@@ -140,7 +140,7 @@ def run_upscale(
     """
     from refdiff_cli.upscale.batch import run_batch
     from refdiff_cli.upscale.distributed import World, process_group
-    from refdiff_cli.upscale.run import load_engine
+    from refdiff_cli.upscale.engine_choice import load_engine
 
     world = World.from_env()
     with process_group(world):

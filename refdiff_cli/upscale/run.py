@@ -31,15 +31,10 @@ from refdiff_cli.events import EventHandler, Progress, Started, ignore_event
 from refdiff_cli.geo import grid as geogrid
 from refdiff_cli.geo import read, write
 from refdiff_cli.geo.env import GDAL_CACHE_BYTES
-from refdiff_cli.model.checkpoint import default_model_installed, load_model
-from refdiff_cli.model.device import resolve_device
 from refdiff_cli.upscale.bands import BandRoutes, RoutedEngine, route_bands
 from refdiff_cli.upscale.distributed import TileRows
 from refdiff_cli.upscale.engines import (
-    BicubicEngine,
-    DiffusionEngine,
     Engine,
-    GuidedEngine,
 )
 from refdiff_cli.upscale.job import UpscaleJob, UpscaleReport
 from refdiff_cli.upscale.journal import open_journal
@@ -58,8 +53,6 @@ from refdiff_cli.upscale.pipeline import (
 
 logger = logging.getLogger(__name__)
 
-#: Scale of the bicubic engine when neither --scale nor a model says otherwise.
-DEFAULT_BICUBIC_SCALE = 8
 #: Nodata value of ``--mask-out`` files (0 unchanged, 1 changed).
 MASK_OUT_NODATA = 255
 #: Fixed overhead of a run (Python, torch, GDAL's code) in the dry-run memory estimate where
@@ -79,34 +72,6 @@ WORKING_MAPS = 4
 #: Margin on the network's feature maps (allocator slack, convolution workspaces): measured
 #: peaks of the tiny and small presets on the CPU were 1.0-1.2 times the estimate without it.
 ACTIVATION_MARGIN = 1.5
-
-
-def load_engine(options: UpscaleOptions) -> Engine:
-    """Build the engine the options ask for; ``auto`` uses the diffusion model when one exists."""
-    wants_model = options.engine == "diffusion" or (
-        options.engine == "auto" and (options.model is not None or default_model_installed())
-    )
-    if options.engine == "guided":
-        scale = options.scale or DEFAULT_BICUBIC_SCALE
-        return GuidedEngine(scale, ref_strength=options.ref_strength)
-    if not wants_model:
-        if options.ref_strength != 1.0:
-            raise ConfigError(
-                "--ref-strength has no effect on the bicubic engine, which ignores the reference",
-                hint="use --engine guided or diffusion, or leave --ref-strength at 1",
-            )
-        return BicubicEngine(options.scale or DEFAULT_BICUBIC_SCALE)
-    device = resolve_device(options.device)
-    model = load_model(options.model, expected_sha256=options.model_sha256, scale=options.scale)
-    sampler = options.resolved_sampler(model.card.sampler_config)
-    return DiffusionEngine(
-        model,
-        sampler,
-        device=device,
-        precision=options.precision,
-        ref_strength=options.ref_strength,
-        compile=options.compile,
-    )
 
 
 def upscale(
