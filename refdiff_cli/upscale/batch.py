@@ -30,7 +30,8 @@ from refdiff_cli.geo.write import (
 from refdiff_cli.upscale.distributed import SINGLE, TileRows, World, gathered, my_share
 from refdiff_cli.upscale.engines import Engine
 from refdiff_cli.upscale.job import UpscaleJob, UpscaleReport
-from refdiff_cli.upscale.run import params_hash, upscale
+from refdiff_cli.upscale.provenance import params_hash
+from refdiff_cli.upscale.run import upscale
 
 logger = logging.getLogger(__name__)
 
