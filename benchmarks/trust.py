@@ -27,7 +27,8 @@ import rasterio
 from refdiff_cli.config import UpscaleOptions
 from refdiff_cli.evaluate.inputs import load_sample, open_dataset, resolve_layout
 from refdiff_cli.evaluate.methods import BLOCK_ROWS, array_space, sample_reader
-from refdiff_cli.upscale.run import load_engine, sr_strips, tile_plan
+from refdiff_cli.upscale.engine_choice import load_engine
+from refdiff_cli.upscale.pipeline import sr_strips, tile_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import SCALE, build_cases, held_out_parser, shared_data

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from refdiff_cli.evaluate.options import EvalOptions
     from refdiff_cli.evaluate.run import EvalReport
     from refdiff_cli.upscale.batch import BatchReport
-    from refdiff_cli.upscale.run import UpscaleJob, UpscaleReport
+    from refdiff_cli.upscale.job import UpscaleJob, UpscaleReport
 
 __all__ = [
     "evaluate",
@@ -140,7 +140,7 @@ def run_upscale(
     """
     from refdiff_cli.upscale.batch import run_batch
     from refdiff_cli.upscale.distributed import World, process_group
-    from refdiff_cli.upscale.run import load_engine
+    from refdiff_cli.upscale.engine_choice import load_engine
 
     world = World.from_env()
     with process_group(world):
@@ -197,7 +197,7 @@ def evaluate_options(**options: Any) -> EvalOptions:
 
 def _job(job: UpscaleJob | Mapping[str, PathLike | None]) -> UpscaleJob:
     """An ``UpscaleJob`` from a job or a mapping of paths; ConfigError naming a bad key."""
-    from refdiff_cli.upscale.run import UpscaleJob
+    from refdiff_cli.upscale.job import UpscaleJob
 
     if isinstance(job, UpscaleJob):
         return job

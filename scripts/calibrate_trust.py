@@ -22,8 +22,8 @@ from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.datasets.chips import ChipDataset
 from refdiff_cli.reference.trust import UncertaintyGains, lr_texture
 from refdiff_cli.train.references import synthesised_reference
+from refdiff_cli.upscale.engine_choice import load_engine
 from refdiff_cli.upscale.engines import EngineBatch
-from refdiff_cli.upscale.run import load_engine
 
 SCALE = 8
 

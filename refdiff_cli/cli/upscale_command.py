@@ -67,7 +67,7 @@ def resolve_jobs(
     """Turn positional inputs or a list file into upscale jobs with explicit output paths."""
     from refdiff_cli.geo.preflight import check_output_name
     from refdiff_cli.upscale.batch import check_layer_outputs, jobs_from_list, output_names
-    from refdiff_cli.upscale.run import UpscaleJob
+    from refdiff_cli.upscale.job import UpscaleJob
 
     if from_list is not None:
         if lr or ref or mask:

@@ -28,7 +28,7 @@ from refdiff_cli.geo import read
 from refdiff_cli.geo.images import read_image
 from refdiff_cli.reference.change import change_vector_analysis
 from refdiff_cli.upscale.engines import BicubicEngine, Engine, EngineBatch
-from refdiff_cli.upscale.run import MaskMode, ModelSpace, model_space, sr_strips, tile_plan
+from refdiff_cli.upscale.pipeline import MaskMode, ModelSpace, model_space, sr_strips, tile_plan
 
 logger = logging.getLogger(__name__)
 

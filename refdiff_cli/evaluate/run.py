@@ -51,8 +51,9 @@ from refdiff_cli.metrics.scores import (
 )
 from refdiff_cli.model.checkpoint import default_model_installed
 from refdiff_cli.model.device import resolve_device
+from refdiff_cli.upscale.engine_choice import DEFAULT_BICUBIC_SCALE, load_engine
 from refdiff_cli.upscale.engines import BicubicEngine, Engine, GuidedEngine
-from refdiff_cli.upscale.run import DEFAULT_BICUBIC_SCALE, MaskMode, load_engine
+from refdiff_cli.upscale.pipeline import MaskMode
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """upscale: super-resolve georeferenced rasters tile by tile.
 
-Options and the tile loop (``run``), engines, band routing, resume journal, batches of jobs
-and torchrun.
+One job (``run``) with its files in and out (``job``), the engine choice (``engine_choice``),
+the tile loop (``pipeline``), what is written (``outputs``, ``provenance``), the dry-run
+estimates (``estimate``), engines, band routing, resume journal, batches of jobs and torchrun.
 """

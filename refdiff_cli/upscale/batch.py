@@ -25,7 +25,9 @@ from refdiff_cli.geo.preflight import check_output_name, preflight_output
 from refdiff_cli.geo.verify import read_completion_tags, verify_raster
 from refdiff_cli.upscale.distributed import SINGLE, TileRows, World, gathered, my_share
 from refdiff_cli.upscale.engines import Engine
-from refdiff_cli.upscale.run import UpscaleJob, UpscaleReport, params_hash, upscale
+from refdiff_cli.upscale.job import UpscaleJob, UpscaleReport
+from refdiff_cli.upscale.provenance import params_hash
+from refdiff_cli.upscale.run import upscale
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ T = TypeVar("T")
 #: waits for the others' (hours, on CPUs), rank 0 for another rank's tile row. torchrun stops
 #: every rank when one fails, so the limit only ends hangs outside torchrun.
 WAIT_LIMIT = datetime.timedelta(days=2)
-#: A computed tile as ``upscale.sr_tiles`` yields it: (tile, values (C, h, w), valid (h, w)).
+#: A computed tile as ``pipeline.sr_tiles`` yields it: (tile, values (C, h, w), valid (h, w)).
 Result = tuple[Tile, npt.NDArray[np.floating], npt.NDArray[np.bool_]]
 
 

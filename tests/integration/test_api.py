@@ -16,7 +16,7 @@ from refdiff_cli import api
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.evaluate.run import EvalReport
 from refdiff_cli.upscale.batch import BatchReport
-from refdiff_cli.upscale.run import UpscaleReport
+from refdiff_cli.upscale.job import UpscaleReport
 from tests.conftest import SAMPLE_DATA, run_cli
 from tests.integration.test_evaluate_cli import make_cd
 

@@ -17,7 +17,8 @@ from refdiff_cli.evaluate.options import EvalOptions
 from refdiff_cli.evaluate.run import evaluate
 from refdiff_cli.geo.images import read_image, write_png
 from refdiff_cli.upscale.engines import BicubicEngine
-from refdiff_cli.upscale.run import UpscaleJob, upscale
+from refdiff_cli.upscale.job import UpscaleJob
+from refdiff_cli.upscale.run import upscale
 from tests.conftest import SAMPLE_DATA, run_cli
 
 CliRunner = Callable[..., tuple[int, str, str]]

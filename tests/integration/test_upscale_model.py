@@ -20,7 +20,7 @@ from refdiff_cli.diffusion.sampler import initial_state, sample
 from refdiff_cli.files import file_sha256
 from refdiff_cli.model.checkpoint import load_model, save_model
 from refdiff_cli.upscale.engines import EngineBatch
-from refdiff_cli.upscale.run import ModelSpace, sr_strips
+from refdiff_cli.upscale.pipeline import ModelSpace, sr_strips
 from tests.conftest import SAMPLE_DATA, SAMPLE_INPUTS, run_cli, write_tiny_model
 
 #: The sample's LR cropped to its top-left 12 x 12 px: a 96 x 96 output, 4 tiles of 64 px.

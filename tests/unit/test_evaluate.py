@@ -29,7 +29,7 @@ from refdiff_cli.model.checkpoint import save_model
 from refdiff_cli.model.network import RefDiffUNet
 from refdiff_cli.model.network_config import PRESETS
 from refdiff_cli.upscale.engines import BicubicEngine, Engine
-from refdiff_cli.upscale.run import ModelSpace, sr_strips
+from refdiff_cli.upscale.pipeline import ModelSpace, sr_strips
 
 RNG = np.random.default_rng(20240607)
 OFFSET = 20  # DN by which A differs from B inside the changed block
