@@ -1,9 +1,9 @@
-"""Fit the uncertainty gains of ``trust.py`` on TRAINING chips (never validation data).
+"""Fit the uncertainty gains of ``reference/trust.py`` on TRAINING chips (never validation data).
 
 Usage: python scripts/calibrate_trust.py CHIPS_DIR [--chips N] [--model PATH]
 
 For training chips (256 px, x8, bicubic LR of the HR), each with its own reference and with
-one synthesised from its HR (``train_references.py``), runs the model (default: the bundled
+one synthesised from its HR (``train/references.py``), runs the model (default: the bundled
 one) as ``upscale`` does and fits ``|error| ~ k_0 + tau (k_lr (1 - w) + k_ref w)`` by least
 squares over every pixel (model units; the error is the band mean of |SR - HR|). Prints the
 gains to paste into ``UNCERTAINTY_GAINS`` and the error by decile of the fitted uncertainty.

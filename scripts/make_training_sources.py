@@ -7,7 +7,7 @@ Writes (symbolic links and small derived files only; nothing here may enter the 
   validation images of docs/default-model-split.toml (names that start with test_ or val_
   are prefixed train_ so that `prepare` keeps them in the training split);
 - OUT_DIR/single/{A,B,label}: every training pair's earlier image A as a single-date image
-  (A = B, an all-zero label): training synthesises its references (`train_references.py`);
+  (A = B, an all-zero label): training synthesises its references (`train/references.py`);
 - OUT_DIR/oscd/oscd_train.csv: the OSCD cities outside the validation list, as RGB GeoTIFF
   triplets (scripts/oscd_to_geotiff.py).
 

@@ -4,7 +4,7 @@ Usage: python scripts/tune_change.py CHIPS_DIR [--chips N]
 
 For training chips (256 px, x8, bicubic LR of the HR) with a real cross-date reference and a
 labelled change, and for references synthesised from the HR with the training nuisances
-(``train_references.py``: colour shift, pasted/removed objects marked in the mask, 0-2 px
+(``train/references.py``: colour shift, pasted/removed objects marked in the mask, 0-2 px
 shift, noise), prints for each (structure_threshold, radiometric_threshold) the
 pooled F1 of ``estimate_change`` against the labels, beside change vector analysis, and what
 the estimate costs the guided transfer: its mean PSNR (dB, model space) with the estimated

@@ -4,7 +4,7 @@ Usage: python scripts/tune_guided.py CHIPS_DIR [--chips N]
 
 For every training chip (256 px, x8, bicubic LR) two references are scored: the chip's own
 (cross-date pairs: mostly untrustworthy) and one synthesised from its HR with the training
-nuisances (``train_references.py``: colour shift, pasted/removed objects, 0-2 px shift,
+nuisances (``train/references.py``: colour shift, pasted/removed objects, 0-2 px shift,
 noise). Prints, for each (trust_low, trust_high), the mean PSNR gain over bicubic in the
 unchanged region of each kind. The default of ``GuidedConfig`` maximises the synthesised gain
 subject to no loss on the real cross-date pairs.

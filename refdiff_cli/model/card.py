@@ -42,7 +42,7 @@ class ModelCard:
             "residual", HR - LR_up, added back to LR_up after sampling (``model/precond.py``,
             ``TARGETS``).
         reference: what the network's reference input holds: "raw", the warped reference
-            (the paper), or "guided", the guided estimate of ``guided.py`` with its trust
+            (the paper), or "guided", the guided estimate of ``reference/guided.py`` with its trust
             weight as a second mask channel; the residual target is then HR - that estimate.
         guided: the ``GuidedConfig`` the model was trained with (reference "guided"), as a
             dict; inference uses exactly these values.

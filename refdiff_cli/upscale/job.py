@@ -16,10 +16,10 @@ class UpscaleJob:
 
     Attributes:
         mask: the change mask file, or None to estimate it from LR and reference
-            (``change.py``).
+            (``reference/change.py``).
         mask_out: where to write the mask the run used (given or estimated) on the output
             grid, uint8 0 unchanged / 1 changed / 255 nodata; None writes none.
-        trust_out: where to write the trust layers (``trust.py``) on the output grid,
+        trust_out: where to write the trust layers (``reference/trust.py``) on the output grid,
             float32: band 1 the reference weight, band 2 the uncertainty in output units,
             NaN nodata; None writes none.
     """

@@ -144,7 +144,7 @@ def sr_strips(
         on_tiles: called with the number of tiles done after every batch.
         layers: channels appended after the image's, blended like it, in this order: "mask"
             (the change mask the engine was given, 0..1), "weight" (the reference weight,
-            ``trust.py``), "uncertainty" (``trust.uncertainty``, output units).
+            ``reference/trust.py``), "uncertainty" (``trust.uncertainty``, output units).
         first_row: resume here (a multiple of ``block_rows``): only the tiles reaching this row
             or below run, and only strips from it on are yielded, the same as a full run's.
         rows: under torchrun, rank 0's share of the tile rows; the other ranks' rows arrive
