@@ -68,7 +68,8 @@ def upscale(
     Args:
         lr, ref: the low-resolution raster and the older high-resolution reference.
         mask: the change mask file; None estimates it from where the registered reference
-            disagrees with the LR (``reference/change.py``), as ``refdiff upscale`` without ``--mask``.
+            disagrees with the LR (``reference/change.py``), as ``refdiff upscale`` without
+            ``--mask``.
         out: the output GeoTIFF (on the LR's grid, ``scale`` times finer pixels).
         mask_out: also write the mask used (given or estimated) there, on the output grid.
         trust_out: also write the trust layers there (``reference/trust.py``: reference weight and

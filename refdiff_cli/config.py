@@ -218,10 +218,10 @@ class UpscaleOptions:
     ``None`` means "take the model card's default". ``mask_encoding`` is "auto", "binary",
     "grey" or the path of a class table (JSON or CSV; see ``data/masks.py``).
     ``ref_strength`` (0..``MAX_REF_STRENGTH``) weighs the reference: 0 ignores it, 1 is the
-    engine as designed, above 1 pushes further towards it (``upscale/engines.py``). ``dtype`` (one of
-    ``OUTPUT_DTYPES``) and ``nodata`` override the output's data type (values rounded half to
-    even and clamped: ``normalize.cast_to_dtype``) and nodata value (NaN allowed for float
-    types; it must fit the output type, checked per job); None keeps the LR's. ``bands``
+    engine as designed, above 1 pushes further towards it (``upscale/engines.py``). ``dtype``
+    (one of ``OUTPUT_DTYPES``) and ``nodata`` override the output's data type (values rounded
+    half to even and clamped: ``normalize.cast_to_dtype``) and nodata value (NaN allowed for
+    float types; it must fit the output type, checked per job); None keeps the LR's. ``bands``
     (``-b``) are the LR bands written (None: all but alpha), ``ref_bands`` (``--ref-bidx``)
     the reference band of each (0: none), ``rgb`` (``--rgb``) the LR bands of red, green and
     blue for the model (None: found from the LR's colour interpretation or band names);

@@ -105,10 +105,10 @@ def prepare_conditions(
     """The one way training and inference turn (LR, Ref, M) into network conditions.
 
     "raw" (the paper): LR_up, the warped reference and M (``make_conditioning``).
-    "guided": the reference slot holds the guided estimate X of ``reference/guided.py`` (the reference
-    registered to the LR, colour-matched and mixed with LR_up by the trust weight w), and the
-    mask has a second channel, w itself; the residual target is then HR - X, so a network
-    that outputs nothing gives the guided estimate back.
+    "guided": the reference slot holds the guided estimate X of ``reference/guided.py`` (the
+    reference registered to the LR, colour-matched and mixed with LR_up by the trust weight w),
+    and the mask has a second channel, w itself; the residual target is then HR - X, so a
+    network that outputs nothing gives the guided estimate back.
 
     Args:
         lr: (B, C, h, w) LR in model space.

@@ -79,7 +79,10 @@ class Engine(Protocol):
         ...
 
     def reference_weight(self, batch: EngineBatch) -> torch.Tensor:
-        """(B, 1, H, W) how much of each output pixel is the reference's detail (``reference/trust.py``)."""
+        """(B, 1, H, W) how much of each output pixel is the reference's detail.
+
+        Band 1 of ``--trust-out`` (``reference/trust.py``).
+        """
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -121,8 +124,8 @@ class BicubicEngine:
 
 
 class GuidedEngine(BicubicEngine):
-    """The classical guided reference transfer of ``reference/guided.py``: registration, colour match,
-    trust weighting and LR consistency, on the CPU in a fraction of the model's time.
+    """The classical guided reference transfer of ``reference/guided.py``: registration, colour
+    match, trust weighting and LR consistency, on the CPU in a fraction of the model's time.
 
     Where the mask says changed, where the reference has no data or where it does not explain
     the LR, the output is bicubic. The blend margin covers the reach of its windows.
