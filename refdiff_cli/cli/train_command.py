@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from refdiff_cli.cli import options as shared
 from refdiff_cli.cli import render
 from refdiff_cli.config import (
     TrainConfig,
@@ -46,10 +47,7 @@ def train_command(
         ),
     ],
     output: Annotated[
-        Path,
-        typer.Option(
-            "--output", "-o", help="Run folder: checkpoints, model, stats; re-run to resume."
-        ),
+        Path, shared.output_option("Run folder: checkpoints, model, stats; re-run to resume.")
     ],
     config_file: Annotated[
         Path | None,
@@ -104,16 +102,14 @@ def train_command(
         ),
     ] = None,
     seed: Annotated[
-        int | None,
-        typer.Option("--seed", help="Seed of every random draw." + _default(DEFAULTS.seed)),
+        int | None, shared.seed_option("Seed of every random draw." + _default(DEFAULTS.seed))
     ] = None,
     device: Annotated[
-        str | None,
-        typer.Option("--device", help="auto, cpu, cuda or cuda:N." + _default(DEFAULTS.device)),
+        str | None, shared.device_option("auto, cpu, cuda or cuda:N." + _default(DEFAULTS.device))
     ] = None,
     precision: Annotated[
         TrainPrecision | None,
-        typer.Option("--precision", help="bf16: CUDA only." + _default(DEFAULTS.precision)),
+        shared.precision_option("bf16: CUDA only." + _default(DEFAULTS.precision)),
     ] = None,
     checkpoint_every: Annotated[
         int | None,
@@ -139,11 +135,10 @@ def train_command(
         ),
     ] = None,
     dry_run: Annotated[
-        bool,
-        typer.Option("--dry-run", help="Check and print the resolved config; train nothing."),
+        bool, shared.dry_run_option("Check and print the resolved config; train nothing.")
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the final report as JSON on stdout.")
+        bool, shared.json_option("Print the final report as JSON on stdout.")
     ] = False,
 ) -> int:
     """Train a Ref-Diff model on prepared chips; re-running the same command resumes it.
