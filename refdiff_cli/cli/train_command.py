@@ -31,6 +31,67 @@ def _default(value: object) -> str:
     return f"  [default: {value} unless --config sets it]"
 
 
+def _flag(*names: str, help: str, default: object) -> Any:
+    """A flag that sets a TrainConfig key over the --config file's; None when not given."""
+    return typer.Option(*names, help=help + _default(default))
+
+
+# The flags of TrainConfig keys that no other command has.
+Preset = Annotated[
+    PresetName | None, _flag("--preset", help="Network preset.", default=DEFAULTS.preset)
+]
+Steps = Annotated[
+    int | None,
+    _flag("--steps", help="Optimizer steps in total (raise to continue).", default=DEFAULTS.steps),
+]
+BatchSize = Annotated[
+    int | None,
+    _flag("--batch-size", help="Global batch over all processes.", default=DEFAULTS.batch_size),
+]
+Crop = Annotated[
+    int | None,
+    _flag("--crop", help="Training crop edge in HR pixels.", default=DEFAULTS.crop_px),
+]
+LearningRate = Annotated[
+    float | None,
+    _flag(
+        "--lr",
+        "--learning-rate",
+        help="Adam learning rate (not the LR image).",
+        default=DEFAULTS.lr,
+    ),
+]
+LRMethod = Annotated[
+    TrainLRMethod | None,
+    _flag(
+        "--lr-method",
+        help="How LR images are made: realistic degradation, bicubic, mixed (bicubic or area "
+        "average per item), or stored (the chips').",
+        default=DEFAULTS.lr_method,
+    ),
+]
+Target = Annotated[
+    TrainTarget | None,
+    _flag(
+        "--target",
+        help="What the model generates: hr (the paper) or residual (HR - LR_up).",
+        default=DEFAULTS.target,
+    ),
+]
+CheckpointEvery = Annotated[
+    int | None,
+    _flag(
+        "--checkpoint-every", help="Steps between checkpoints.", default=DEFAULTS.checkpoint_every
+    ),
+]
+ValEvery = Annotated[
+    int | None,
+    _flag(
+        "--val-every", help="Steps between validations (0: at the end).", default=DEFAULTS.val_every
+    ),
+]
+
+
 def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
     """The config file's values (if any), then every flag that was given on top."""
     data = load_file(config_file) if config_file is not None else {}
@@ -53,54 +114,13 @@ def train_command(
         Path | None,
         typer.Option("--config", help="TOML or JSON file of TrainConfig keys ([network] table)."),
     ] = None,
-    preset: Annotated[
-        PresetName | None,
-        typer.Option("--preset", help="Network preset." + _default(DEFAULTS.preset)),
-    ] = None,
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            "--steps",
-            help="Optimizer steps in total (raise to continue)." + _default(DEFAULTS.steps),
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            help="Global batch over all processes." + _default(DEFAULTS.batch_size),
-        ),
-    ] = None,
-    crop: Annotated[
-        int | None,
-        typer.Option(
-            "--crop", help="Training crop edge in HR pixels." + _default(DEFAULTS.crop_px)
-        ),
-    ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            "--lr",
-            "--learning-rate",
-            help="Adam learning rate (not the LR image)." + _default(DEFAULTS.lr),
-        ),
-    ] = None,
-    lr_method: Annotated[
-        TrainLRMethod | None,
-        typer.Option(
-            "--lr-method",
-            help="How LR images are made: realistic degradation, bicubic, mixed (bicubic or "
-            "area average per item), or stored (the chips')." + _default(DEFAULTS.lr_method),
-        ),
-    ] = None,
-    target: Annotated[
-        TrainTarget | None,
-        typer.Option(
-            "--target",
-            help="What the model generates: hr (the paper) or residual (HR - LR_up)."
-            + _default(DEFAULTS.target),
-        ),
-    ] = None,
+    preset: Preset = None,
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    crop: Crop = None,
+    lr: LearningRate = None,
+    lr_method: LRMethod = None,
+    target: Target = None,
     seed: Annotated[
         int | None, shared.seed_option("Seed of every random draw." + _default(DEFAULTS.seed))
     ] = None,
@@ -111,20 +131,8 @@ def train_command(
         TrainPrecision | None,
         shared.precision_option("bf16: CUDA only." + _default(DEFAULTS.precision)),
     ] = None,
-    checkpoint_every: Annotated[
-        int | None,
-        typer.Option(
-            "--checkpoint-every",
-            help="Steps between checkpoints." + _default(DEFAULTS.checkpoint_every),
-        ),
-    ] = None,
-    val_every: Annotated[
-        int | None,
-        typer.Option(
-            "--val-every",
-            help="Steps between validations (0: at the end)." + _default(DEFAULTS.val_every),
-        ),
-    ] = None,
+    checkpoint_every: CheckpointEvery = None,
+    val_every: ValEvery = None,
     init_from: Annotated[
         str | None,
         typer.Option(
