@@ -10,7 +10,6 @@ import typer
 from refdiff_cli import api
 from refdiff_cli.cli import options as shared
 from refdiff_cli.cli import render
-from refdiff_cli.cli.upscale_command import parse_bands
 from refdiff_cli.config import MaskGrid, TilingConfig
 from refdiff_cli.errors import ConfigError
 
@@ -71,13 +70,12 @@ def evaluate_command(
         ),
     ],
     layout: Annotated[
-        LayoutChoice, typer.Option("--layout", help="Dataset layout (auto: from the path).")
+        LayoutChoice, shared.layout_option("Dataset layout (auto: from the path).")
     ] = "auto",
     scale: Annotated[
         int | None,
-        typer.Option(
-            "--scale",
-            help="SR factor [default: the paper layout's LR folder, else the model's, else 8].",
+        shared.scale_option(
+            "SR factor [default: the paper layout's LR folder, else the model's, else 8]."
         ),
     ] = None,
     lr_kind: Annotated[
@@ -100,26 +98,11 @@ def evaluate_command(
     device: shared.Device = "auto",
     precision: shared.Precision = "fp32",
     batch_size: shared.BatchSize = 4,
-    tile: Annotated[
-        int | None,
-        typer.Option("--tile", help="Tile edge in output pixels [default: each engine's]."),
-    ] = None,
-    overlap: Annotated[
-        int | None,
-        typer.Option("--overlap", help="Tile overlap in output pixels [default: each engine's]."),
-    ] = None,
-    bidx: Annotated[
-        str | None, typer.Option("--bidx", "-b", help="CSV sets: LR/HR bands, 1-based.")
-    ] = None,
-    ref_bidx: shared.RefBidx = None,
-    mask_grid: Annotated[
-        str,
-        typer.Option(
-            "--mask-grid",
-            metavar=shared.MASK_GRID_METAVAR,
-            help=shared.mask_grid_help("LR", where="CSV sets. "),
-        ),
-    ] = "own",
+    tile: Annotated[int | None, shared.tile_option("each engine's")] = None,
+    overlap: Annotated[int | None, shared.overlap_option("each engine's")] = None,
+    bidx: Annotated[str | None, shared.bidx_option("CSV sets: LR/HR bands, 1-based.")] = None,
+    ref_bidx: Annotated[str | None, shared.ref_bidx_option()] = None,
+    mask_grid: Annotated[str, shared.mask_grid_option("LR", where="CSV sets. ")] = "own",
     mask_source: Annotated[
         MaskSourceChoice,
         typer.Option(
@@ -131,10 +114,9 @@ def evaluate_command(
     ] = "label",
     mask_encoding: Annotated[
         str,
-        typer.Option(
-            "--mask-encoding",
-            help="auto (cd: binary, paper: grey codes, CSV: from the values), binary, grey, "
-            "or a class table file.",
+        shared.mask_encoding_option(
+            "auto (cd: binary, paper: grey codes, CSV: from the values), binary, grey, or a "
+            "class table file."
         ),
     ] = "auto",
     border: Annotated[
@@ -184,18 +166,12 @@ def evaluate_command(
         scale=scale,
         lr_kind=lr_kind,
         mask_encoding=mask_encoding,
-        bands=parse_bands(bidx, "-b/--bidx"),
-        ref_bands=parse_bands(ref_bidx, "--ref-bidx"),
+        bands=shared.bands(bidx),
+        ref_bands=shared.ref_bands(ref_bidx),
         mask_grid=cast(MaskGrid, shared.resolve_mask_grid(mask_grid, image_role="lr")),
-        model=model,
-        model_sha256=model_sha256,
-        steps=steps,
-        sampler=sampler,
-        seed=seed,
-        ref_strength=ref_strength,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
+        **shared.ModelSettings(
+            model, model_sha256, steps, sampler, seed, ref_strength, device, precision, batch_size
+        )._asdict(),
         tiling=TilingConfig(tile_px=tile, overlap_px=overlap),
         border=border,
         data_range=data_range,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
@@ -12,6 +12,99 @@ from refdiff_cli.config import Precision as PrecisionName
 from refdiff_cli.config import SamplerName
 from refdiff_cli.errors import ConfigError
 
+
+# Options whose help each command words for itself: declared here, worded there.
+def json_option(help: str) -> Any:
+    """``--json``, where the command says what its JSON document is."""
+    return typer.Option("--json", help=help)
+
+
+def output_option(help: str) -> Any:
+    """``-o/--output``: what the command writes."""
+    return typer.Option("--output", "-o", help=help)
+
+
+def scale_option(help: str) -> Any:
+    """``--scale``: the super-resolution factor."""
+    return typer.Option("--scale", help=help)
+
+
+def layout_option(help: str) -> Any:
+    """``--layout``: the layout of a dataset folder or list."""
+    return typer.Option("--layout", help=help)
+
+
+def overwrite_option(help: str) -> Any:
+    """``--overwrite``: replace what the command would refuse to write over."""
+    return typer.Option("--overwrite", help=help)
+
+
+def dry_run_option(help: str) -> Any:
+    """``--dry-run``: check and say what the command would do, do nothing."""
+    return typer.Option("--dry-run", help=help)
+
+
+def tile_option(default: str) -> Any:
+    """``--tile``, where ``default`` says whose tile edge applies without it."""
+    return typer.Option("--tile", help=f"Tile edge in output pixels [default: {default}].")
+
+
+def overlap_option(default: str) -> Any:
+    """``--overlap``, where ``default`` says whose overlap applies without it."""
+    return typer.Option("--overlap", help=f"Tile overlap in output pixels [default: {default}].")
+
+
+def bidx_option(help: str) -> Any:
+    """``-b/--bidx``: 1-based band numbers like 3,2,1 (``bands`` parses them)."""
+    return typer.Option("--bidx", "-b", help=help)
+
+
+def ref_bidx_option(help: str = "Reference bands, 1-based [default: as -b].") -> Any:
+    """``--ref-bidx``: the reference's bands (``ref_bands`` parses them)."""
+    return typer.Option("--ref-bidx", help=help)
+
+
+def mask_encoding_option(help: str) -> Any:
+    """``--mask-encoding``: how mask values read (auto, binary, grey, or a class table)."""
+    return typer.Option("--mask-encoding", help=help)
+
+
+def seed_option(help: str, *, envvar: str | None = None) -> Any:
+    """``--seed``: the seed of the command's random draws."""
+    return typer.Option("--seed", help=help, envvar=envvar)
+
+
+def device_option(help: str, *, envvar: str | None = None) -> Any:
+    """``--device``: where the model runs."""
+    return typer.Option("--device", help=help, envvar=envvar)
+
+
+def precision_option(help: str, *, envvar: str | None = None) -> Any:
+    """``--precision``: the compute precision (the choices are the annotation's)."""
+    return typer.Option("--precision", help=help, envvar=envvar)
+
+
+#: ``--mask-grid`` values, the same in upscale, evaluate and prepare: a mask without
+#: georeferencing lies on the grid of the reference ("ref") or of the image the command works
+#: on ("image": the LR in upscale and evaluate, the HR in prepare).
+MASK_GRID_CHOICES = ("own", "ref", "image")
+MASK_GRID_METAVAR = "<own|ref|image>"
+
+
+def mask_grid_option(image: str, *, where: str = "", note: str = "") -> Any:
+    """``--mask-grid`` where the command's image is ``image`` ("LR", "HR").
+
+    Its value goes through ``resolve_mask_grid``.
+    """
+    return typer.Option(
+        "--mask-grid",
+        metavar=MASK_GRID_METAVAR,
+        help=f"{where}Masks without georeferencing: 'ref' (on the reference's grid) or 'image' "
+        f"(on the {image}'s grid{note}); 'own': the mask is georeferenced.",
+    )
+
+
+# The options upscale and evaluate share, worded the same in both.
 Model = Annotated[
     Path | None,
     typer.Option(
@@ -45,21 +138,15 @@ RefStrength = Annotated[
 ]
 Seed = Annotated[
     int,
-    typer.Option(
-        "--seed",
-        help="Seed of every random draw; the same seed gives the same result.",
-        envvar="REFDIFF_SEED",
+    seed_option(
+        "Seed of every random draw; the same seed gives the same result.", envvar="REFDIFF_SEED"
     ),
 ]
-Device = Annotated[
-    str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", envvar="REFDIFF_DEVICE")
-]
+Device = Annotated[str, device_option("auto, cpu, cuda, cuda:N or mps.", envvar="REFDIFF_DEVICE")]
 Precision = Annotated[
     PrecisionName,
-    typer.Option(
-        "--precision",
-        help="Compute precision (fp16: GPU only; bf16: fast on GPUs and CPUs with bf16 "
-        "instructions).",
+    precision_option(
+        "Compute precision (fp16: GPU only; bf16: fast on GPUs and CPUs with bf16 instructions).",
         envvar="REFDIFF_PRECISION",
     ),
 ]
@@ -71,25 +158,49 @@ BatchSize = Annotated[
         envvar="REFDIFF_BATCH_SIZE",
     ),
 ]
-RefBidx = Annotated[
-    str | None, typer.Option("--ref-bidx", help="Reference bands, 1-based [default: as -b].")
-]
-Json = Annotated[bool, typer.Option("--json", help="Print a JSON report on stdout.")]
+Json = Annotated[bool, json_option("Print a JSON report on stdout.")]
 
 
-#: ``--mask-grid`` values, the same in upscale, evaluate and prepare: a mask without
-#: georeferencing lies on the grid of the reference ("ref") or of the image the command works
-#: on ("image": the LR in upscale and evaluate, the HR in prepare).
-MASK_GRID_CHOICES = ("own", "ref", "image")
-MASK_GRID_METAVAR = "<own|ref|image>"
+class ModelSettings(NamedTuple):
+    """The model options above, by their ``UpscaleOptions`` and ``EvalOptions`` names.
+
+    Upscale and evaluate take them all and pass ``**ModelSettings(...)._asdict()`` on.
+    """
+
+    model: Path | None
+    model_sha256: str | None
+    steps: int | None
+    sampler: SamplerName | None
+    seed: int
+    ref_strength: float
+    device: str
+    precision: PrecisionName
+    batch_size: int
 
 
-def mask_grid_help(image: str, *, where: str = "", note: str = "") -> str:
-    """Help of ``--mask-grid`` where the command's image is ``image`` ("LR", "HR")."""
-    return (
-        f"{where}Masks without georeferencing: 'ref' (on the reference's grid) or 'image' (on "
-        f"the {image}'s grid{note}); 'own': the mask is georeferenced."
-    )
+def parse_bands(text: str | None, option: str) -> tuple[int, ...] | None:
+    """Parse "3,2,1" into (3, 2, 1); ConfigError naming ``option`` otherwise."""
+    if text is None:
+        return None
+    try:
+        bands = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(
+            f"{option} expects 1-based band numbers like 3,2,1, got {text!r}"
+        ) from exc
+    if not bands:
+        raise ConfigError(f"{option} expects at least one band number")
+    return bands
+
+
+def bands(bidx: str | None) -> tuple[int, ...] | None:
+    """The bands of ``-b/--bidx`` (None: the command's default)."""
+    return parse_bands(bidx, "-b/--bidx")
+
+
+def ref_bands(ref_bidx: str | None) -> tuple[int, ...] | None:
+    """The bands of ``--ref-bidx`` (None: the command's default)."""
+    return parse_bands(ref_bidx, "--ref-bidx")
 
 
 def resolve_mask_grid(value: str, *, image_role: str) -> str:

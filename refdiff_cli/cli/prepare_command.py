@@ -12,7 +12,6 @@ from rich.table import Table
 
 from refdiff_cli.cli import options as shared
 from refdiff_cli.cli import render
-from refdiff_cli.cli.upscale_command import parse_bands
 
 LAYOUT_HELP = (
     "Source layout; auto: per SRC, a .csv list, a cd or paper folder, or an image folder with "
@@ -66,10 +65,10 @@ def prepare_command(
             metavar="SRC",
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Chips folder to write.")],
-    layout: Annotated[LayoutChoice, typer.Option("--layout", help=LAYOUT_HELP)] = "auto",
+    output: Annotated[Path, shared.output_option("Chips folder to write.")],
+    layout: Annotated[LayoutChoice, shared.layout_option(LAYOUT_HELP)] = "auto",
     scale: Annotated[
-        int, typer.Option("--scale", help="Super-resolution factor; chip offsets are multiples.")
+        int, shared.scale_option("Super-resolution factor; chip offsets are multiples.")
     ] = 8,
     chip: Annotated[int, typer.Option("--chip", help="Chip edge in HR pixels.")] = 256,
     stride: Annotated[
@@ -81,21 +80,10 @@ def prepare_command(
             "--val-fraction", help="Share of images without a train_/val_/test_ prefix in val."
         ),
     ] = 0.2,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the split and of synthesised changes.")
-    ] = 0,
-    mask_encoding: Annotated[str, typer.Option("--mask-encoding", help=MASK_HELP)] = "auto",
-    bidx: Annotated[
-        str | None, typer.Option("--bidx", "-b", help="Bands to use, 1-based, e.g. 3,2,1.")
-    ] = None,
-    mask_grid: Annotated[
-        str,
-        typer.Option(
-            "--mask-grid",
-            metavar=shared.MASK_GRID_METAVAR,
-            help=shared.mask_grid_help("HR", where="CSV sets. "),
-        ),
-    ] = "own",
+    seed: Annotated[int, shared.seed_option("Seed of the split and of synthesised changes.")] = 0,
+    mask_encoding: Annotated[str, shared.mask_encoding_option(MASK_HELP)] = "auto",
+    bidx: Annotated[str | None, shared.bidx_option("Bands to use, 1-based, e.g. 3,2,1.")] = None,
+    mask_grid: Annotated[str, shared.mask_grid_option("HR", where="CSV sets. ")] = "own",
     min_valid: Annotated[
         float, typer.Option("--min-valid", help="Skip chips with fewer valid HR pixels (0-1].")
     ] = 0.5,
@@ -107,14 +95,12 @@ def prepare_command(
         ),
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing chips folder.")
+        bool, shared.overwrite_option("Replace an existing chips folder.")
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List sources and chip counts; write nothing.")
+        bool, shared.dry_run_option("List sources and chip counts; write nothing.")
     ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary on stdout.")
-    ] = False,
+    as_json: Annotated[bool, shared.json_option("Print a JSON summary on stdout.")] = False,
 ) -> int:
     """Write training chips (shards + manifest.json) from dataset folders or GeoTIFF lists.
 
@@ -131,7 +117,7 @@ def prepare_command(
         val_fraction=val_fraction,
         seed=seed,
         mask_encoding=mask_encoding,
-        bands=parse_bands(bidx, "-b/--bidx"),
+        bands=shared.bands(bidx),
         mask_grid=cast(MaskGridChoice, shared.resolve_mask_grid(mask_grid, image_role="hr")),
         synthesize_changes=synthesize_changes,
         min_valid=min_valid,

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from refdiff_cli.cli import options as shared
 from refdiff_cli.cli import render
 from refdiff_cli.config import from_dict, load_file
 from refdiff_cli.errors import EXIT_SIGINT, Interrupted
@@ -22,6 +23,67 @@ PresetName = Literal["tiny", "small", "paper"]
 def _default(value: object) -> str:
     """The help suffix naming a flag's default (the flags are None so --config can set them)."""
     return f"  [default: {value} unless --config sets it]"
+
+
+def _flag(*names: str, help: str, default: object) -> Any:
+    """A flag that sets a TrainConfig key over the --config file's; None when not given."""
+    return typer.Option(*names, help=help + _default(default))
+
+
+# The flags of TrainConfig keys that no other command has.
+Preset = Annotated[
+    PresetName | None, _flag("--preset", help="Network preset.", default=DEFAULTS.preset)
+]
+Steps = Annotated[
+    int | None,
+    _flag("--steps", help="Optimizer steps in total (raise to continue).", default=DEFAULTS.steps),
+]
+BatchSize = Annotated[
+    int | None,
+    _flag("--batch-size", help="Global batch over all processes.", default=DEFAULTS.batch_size),
+]
+Crop = Annotated[
+    int | None,
+    _flag("--crop", help="Training crop edge in HR pixels.", default=DEFAULTS.crop_px),
+]
+LearningRate = Annotated[
+    float | None,
+    _flag(
+        "--lr",
+        "--learning-rate",
+        help="Adam learning rate (not the LR image).",
+        default=DEFAULTS.lr,
+    ),
+]
+LRMethod = Annotated[
+    TrainLRMethod | None,
+    _flag(
+        "--lr-method",
+        help="How LR images are made: realistic degradation, bicubic, mixed (bicubic or area "
+        "average per item), or stored (the chips').",
+        default=DEFAULTS.lr_method,
+    ),
+]
+Target = Annotated[
+    TrainTarget | None,
+    _flag(
+        "--target",
+        help="What the model generates: hr (the paper) or residual (HR - LR_up).",
+        default=DEFAULTS.target,
+    ),
+]
+CheckpointEvery = Annotated[
+    int | None,
+    _flag(
+        "--checkpoint-every", help="Steps between checkpoints.", default=DEFAULTS.checkpoint_every
+    ),
+]
+ValEvery = Annotated[
+    int | None,
+    _flag(
+        "--val-every", help="Steps between validations (0: at the end).", default=DEFAULTS.val_every
+    ),
+]
 
 
 def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -40,89 +102,31 @@ def train_command(
         ),
     ],
     output: Annotated[
-        Path,
-        typer.Option(
-            "--output", "-o", help="Run folder: checkpoints, model, stats; re-run to resume."
-        ),
+        Path, shared.output_option("Run folder: checkpoints, model, stats; re-run to resume.")
     ],
     config_file: Annotated[
         Path | None,
         typer.Option("--config", help="TOML or JSON file of TrainConfig keys ([network] table)."),
     ] = None,
-    preset: Annotated[
-        PresetName | None,
-        typer.Option("--preset", help="Network preset." + _default(DEFAULTS.preset)),
-    ] = None,
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            "--steps",
-            help="Optimizer steps in total (raise to continue)." + _default(DEFAULTS.steps),
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            help="Global batch over all processes." + _default(DEFAULTS.batch_size),
-        ),
-    ] = None,
-    crop: Annotated[
-        int | None,
-        typer.Option(
-            "--crop", help="Training crop edge in HR pixels." + _default(DEFAULTS.crop_px)
-        ),
-    ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            "--lr",
-            "--learning-rate",
-            help="Adam learning rate (not the LR image)." + _default(DEFAULTS.lr),
-        ),
-    ] = None,
-    lr_method: Annotated[
-        TrainLRMethod | None,
-        typer.Option(
-            "--lr-method",
-            help="How LR images are made: realistic degradation, bicubic, mixed (bicubic or "
-            "area average per item), or stored (the chips')." + _default(DEFAULTS.lr_method),
-        ),
-    ] = None,
-    target: Annotated[
-        TrainTarget | None,
-        typer.Option(
-            "--target",
-            help="What the model generates: hr (the paper) or residual (HR - LR_up)."
-            + _default(DEFAULTS.target),
-        ),
-    ] = None,
+    preset: Preset = None,
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    crop: Crop = None,
+    lr: LearningRate = None,
+    lr_method: LRMethod = None,
+    target: Target = None,
     seed: Annotated[
-        int | None,
-        typer.Option("--seed", help="Seed of every random draw." + _default(DEFAULTS.seed)),
+        int | None, shared.seed_option("Seed of every random draw." + _default(DEFAULTS.seed))
     ] = None,
     device: Annotated[
-        str | None,
-        typer.Option("--device", help="auto, cpu, cuda or cuda:N." + _default(DEFAULTS.device)),
+        str | None, shared.device_option("auto, cpu, cuda or cuda:N." + _default(DEFAULTS.device))
     ] = None,
     precision: Annotated[
         TrainPrecision | None,
-        typer.Option("--precision", help="bf16: CUDA only." + _default(DEFAULTS.precision)),
+        shared.precision_option("bf16: CUDA only." + _default(DEFAULTS.precision)),
     ] = None,
-    checkpoint_every: Annotated[
-        int | None,
-        typer.Option(
-            "--checkpoint-every",
-            help="Steps between checkpoints." + _default(DEFAULTS.checkpoint_every),
-        ),
-    ] = None,
-    val_every: Annotated[
-        int | None,
-        typer.Option(
-            "--val-every",
-            help="Steps between validations (0: at the end)." + _default(DEFAULTS.val_every),
-        ),
-    ] = None,
+    checkpoint_every: CheckpointEvery = None,
+    val_every: ValEvery = None,
     init_from: Annotated[
         str | None,
         typer.Option(
@@ -133,11 +137,10 @@ def train_command(
         ),
     ] = None,
     dry_run: Annotated[
-        bool,
-        typer.Option("--dry-run", help="Check and print the resolved config; train nothing."),
+        bool, shared.dry_run_option("Check and print the resolved config; train nothing.")
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the final report as JSON on stdout.")
+        bool, shared.json_option("Print the final report as JSON on stdout.")
     ] = False,
 ) -> int:
     """Train a Ref-Diff model on prepared chips; re-running the same command resumes it.

@@ -26,21 +26,6 @@ ENGINE_HELP = (
 )
 
 
-def parse_bands(text: str | None, option: str) -> tuple[int, ...] | None:
-    """Parse "3,2,1" into (3, 2, 1); ConfigError naming ``option`` otherwise."""
-    if text is None:
-        return None
-    try:
-        bands = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise ConfigError(
-            f"{option} expects 1-based band numbers like 3,2,1, got {text!r}"
-        ) from exc
-    if not bands:
-        raise ConfigError(f"{option} expects at least one band number")
-    return bands
-
-
 def parse_nodata(text: str | None) -> float | None:
     """Parse ``--nodata``: a number, or ``nan``; ConfigError (exit 2) otherwise."""
     if text is None:
@@ -147,10 +132,8 @@ def upscale_command(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Output GeoTIFF, or a folder for several inputs.  [required without --from-list]",
+        shared.output_option(
+            "Output GeoTIFF, or a folder for several inputs.  [required without --from-list]"
         ),
     ] = None,
     from_list: Annotated[
@@ -161,9 +144,7 @@ def upscale_command(
             "(an empty mask is estimated), outputs to -o DIR when given.",
         ),
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing outputs.")
-    ] = False,
+    overwrite: Annotated[bool, shared.overwrite_option("Replace existing outputs.")] = False,
     skip_existing: Annotated[
         bool,
         typer.Option(
@@ -177,9 +158,8 @@ def upscale_command(
     model_sha256: shared.ModelSha256 = None,
     scale: Annotated[
         int | None,
-        typer.Option(
-            "--scale",
-            help="Scale factor (guided and bicubic engines; must match the model otherwise).",
+        shared.scale_option(
+            "Scale factor (guided and bicubic engines; must match the model otherwise)."
         ),
     ] = None,
     steps: shared.Steps = None,
@@ -217,16 +197,8 @@ def upscale_command(
             "for multi-step samplers and large scenes. Results equal up to float rounding.",
         ),
     ] = False,
-    tile: Annotated[
-        int | None,
-        typer.Option("--tile", help="Tile edge in output pixels [default: from the model card]."),
-    ] = None,
-    overlap: Annotated[
-        int | None,
-        typer.Option(
-            "--overlap", help="Tile overlap in output pixels [default: from the model card]."
-        ),
-    ] = None,
+    tile: Annotated[int | None, shared.tile_option("from the model card")] = None,
+    overlap: Annotated[int | None, shared.overlap_option("from the model card")] = None,
     margin: Annotated[
         int | None,
         typer.Option(
@@ -235,16 +207,13 @@ def upscale_command(
     ] = None,
     bidx: Annotated[
         str | None,
-        typer.Option(
-            "--bidx", "-b", help="LR bands to write, 1-based, e.g. 3,2,1 [default: all but alpha]."
-        ),
+        shared.bidx_option("LR bands to write, 1-based, e.g. 3,2,1 [default: all but alpha]."),
     ] = None,
     ref_bidx: Annotated[
         str | None,
-        typer.Option(
-            "--ref-bidx",
-            help="Reference band of each LR band, 1-based, 0 for none [default: as -b, else "
-            "by band name, else in order].",
+        shared.ref_bidx_option(
+            "Reference band of each LR band, 1-based, 0 for none [default: as -b, else by band "
+            "name, else in order]."
         ),
     ] = None,
     rgb: Annotated[
@@ -257,18 +226,10 @@ def upscale_command(
         ),
     ] = None,
     mask_grid: Annotated[
-        str,
-        typer.Option(
-            "--mask-grid",
-            metavar=shared.MASK_GRID_METAVAR,
-            help=shared.mask_grid_help("LR", note=", at its pixel size or the output's"),
-        ),
+        str, shared.mask_grid_option("LR", note=", at its pixel size or the output's")
     ] = "own",
     mask_encoding: Annotated[
-        str,
-        typer.Option(
-            "--mask-encoding", help="auto, binary, grey, or a class table file (JSON/CSV)."
-        ),
+        str, shared.mask_encoding_option("auto, binary, grey, or a class table file (JSON/CSV).")
     ] = "auto",
     co: Annotated[
         list[str], typer.Option("--co", help="GDAL creation option NAME=VALUE (repeatable).")
@@ -292,7 +253,7 @@ def upscale_command(
         ),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate and plan only: grid, tiles, sizes, memory.")
+        bool, shared.dry_run_option("Validate and plan only: grid, tiles, sizes, memory.")
     ] = False,
     as_json: shared.Json = False,
 ) -> int:
@@ -303,24 +264,18 @@ def upscale_command(
     """
     options = api.upscale_options(
         engine=engine,
-        model=model,
-        model_sha256=model_sha256,
+        **shared.ModelSettings(
+            model, model_sha256, steps, sampler, seed, ref_strength, device, precision, batch_size
+        )._asdict(),
         scale=scale,
         tiling=TilingConfig(tile_px=tile, overlap_px=overlap, margin_px=margin),
         sampler_preset=sampler_preset,
-        sampler=sampler,
-        steps=steps,
         start=start,
         S_churn=churn,
-        seed=seed,
-        ref_strength=ref_strength,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
         compile=compile_network,
-        bands=parse_bands(bidx, "-b/--bidx"),
-        ref_bands=parse_bands(ref_bidx, "--ref-bidx"),
-        rgb=parse_bands(rgb, "--rgb"),
+        bands=shared.bands(bidx),
+        ref_bands=shared.ref_bands(ref_bidx),
+        rgb=shared.parse_bands(rgb, "--rgb"),
         mask_grid=cast(MaskGrid, shared.resolve_mask_grid(mask_grid, image_role="lr")),
         mask_encoding=mask_encoding,
         creation_options=tuple(co),
