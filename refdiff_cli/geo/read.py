@@ -237,12 +237,6 @@ def check_sources(
         )
         logger.warning("%s", message)
         messages.append(message)
-    ref_cover = coverage_or_fail(lr_info, ref_info, ref_grid, messages)
-    mask_cover = (
-        1.0
-        if mask_info is None or own_mask_grid is None
-        else coverage_or_fail(lr_info, mask_info, own_mask_grid, messages)
-    )
     return CheckedSources(
         lr=lr_info,
         ref=ref_info,
@@ -251,9 +245,13 @@ def check_sources(
         ref_bands=ref_sel,
         ref_of_lr=ref_of_lr,
         mask_grid=own_mask_grid,
-        ref_coverage=ref_cover,
-        mask_coverage=mask_cover,
-        warnings=tuple(messages),
+        ref_coverage=coverage_or_fail(lr_info, ref_info, ref_grid, messages),
+        mask_coverage=(
+            1.0
+            if mask_info is None or own_mask_grid is None
+            else coverage_or_fail(lr_info, mask_info, own_mask_grid, messages)
+        ),
+        warnings=tuple(messages),  # evaluated last: the coverage checks add to it
     )
 
 
