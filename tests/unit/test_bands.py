@@ -240,3 +240,24 @@ def test_routed_engine_shows_the_inner_engines_other_settings() -> None:
     inner.device = "cuda:1"  # type: ignore[attr-defined]
     routed = RoutedEngine(inner, BandRoutes(core=(0, 1, 2), core_ref=(0, 1, 2), bicubic=(3,)))
     assert routed.device == "cuda:1" and routed.bands == 4 and routed.name == "diffusion"
+
+
+def test_evaluate_and_prepare_pair_reference_bands_like_upscale(make_raster) -> None:  # type: ignore[no-untyped-def]
+    """One to one, by the same rules: named bands by name (a reference stored blue, green,
+    red pairs red with red), unnamed ones in order; a band without its own is refused."""
+    lr = _info(make_raster, "lr.tif", 3, ("red", "green", "blue"))
+    reversed_ref = _info(make_raster, "ref.tif", 3, ("B02", "B03", "B04"))
+    assert band_pairing.select_ref_bands(reversed_ref, lr, (1, 2, 3), None, None) == (3, 2, 1)
+    assert band_pairing.pair_reference_bands(reversed_ref, lr, (1, 2, 3), None, None) == (
+        (3, 2, 1),
+        (0, 1, 2),
+    )
+    unnamed = _info(make_raster, "ref3.tif", 3)
+    assert band_pairing.select_ref_bands(unnamed, lr, (1, 2, 3), None, None) == (1, 2, 3)
+    assert band_pairing.select_ref_bands(reversed_ref, lr, (1, 2, 3), None, (1, 2, 3)) == (1, 2, 3)
+    lacking = _info(make_raster, "nir.tif", 3, ("nir", "red", "green"))
+    with pytest.raises(InputError, match=r"gives 3 band\(s\) but ref .* gives 2") as caught:
+        band_pairing.select_ref_bands(lacking, lr, (1, 2, 3), None, None)
+    assert "--ref-bidx 1,2,3" in str(caught.value.hint)
+    with pytest.raises(ConfigError):
+        band_pairing.select_ref_bands(unnamed, lr, (1, 2, 3), None, (1, 0, 3))
