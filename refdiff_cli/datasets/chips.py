@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +220,22 @@ class TrainBatch:
     ref_valid: torch.Tensor
     lr: torch.Tensor | None
 
+    @classmethod
+    def stacked(cls, crops: Mapping[str, Sequence[npt.NDArray[Any]]]) -> TrainBatch:
+        """The batch of per-item crops: each field's arrays in item order (``lr`` may be [])."""
+
+        def stack(name: str, dtype: Any) -> torch.Tensor:
+            return torch.from_numpy(np.stack(crops[name]).astype(dtype))  # (B, ..., c, c)
+
+        return cls(
+            hr=stack("hr", np.float32),
+            ref=stack("ref", np.float32),
+            mask=stack("mask", np.float32),
+            hr_valid=stack("hr_valid", np.bool_),
+            ref_valid=stack("ref_valid", np.bool_),
+            lr=stack("lr", np.float32) if crops["lr"] else None,
+        )
+
 
 def dihedral(array: npt.NDArray[Any], transform: int) -> npt.NDArray[Any]:
     """Apply dihedral transform 0..7 to the last two axes: flip columns if >= 4, then rotate.
@@ -283,15 +299,4 @@ def make_batch(
             lr_window = (slice(None), slice(row // scale, row // scale + t))
             lr_crop = chip.lr[(*lr_window, slice(col // scale, col // scale + t))]
             items["lr"].append(dihedral(lr_crop, transform))
-
-    def stack(name: str, dtype: Any) -> torch.Tensor:
-        return torch.from_numpy(np.stack(items[name]).astype(dtype))  # (B, ..., c, c)
-
-    return TrainBatch(
-        hr=stack("hr", np.float32),
-        ref=stack("ref", np.float32),
-        mask=stack("mask", np.float32),
-        hr_valid=stack("hr_valid", np.bool_),
-        ref_valid=stack("ref_valid", np.bool_),
-        lr=stack("lr", np.float32) if items["lr"] else None,
-    )
+    return TrainBatch.stacked(items)

@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from refdiff_cli import __version__
@@ -199,20 +198,10 @@ def center_crops(
     window = (slice(None), slice(off, off + crop_px), slice(off, off + crop_px))
     t, o = crop_px // scale, off // scale
     chips = [dataset.chip(i) for i in indices]
-
-    def stack(name: str, dtype: Any) -> torch.Tensor:
-        arrays = [getattr(c, name)[window] for c in chips]
-        return torch.from_numpy(np.stack(arrays).astype(dtype))  # (B, ., c, c)
-
-    lrs = [c.lr[:, o : o + t, o : o + t] for c in chips if c.lr is not None]
-    return TrainBatch(
-        hr=stack("hr", np.float32),
-        ref=stack("ref", np.float32),
-        mask=stack("mask", np.float32),
-        hr_valid=stack("hr_valid", np.bool_),
-        ref_valid=stack("ref_valid", np.bool_),
-        lr=torch.from_numpy(np.stack(lrs).astype(np.float32)) if lrs else None,  # (B, C, t, t)
-    )
+    names = ("hr", "ref", "mask", "hr_valid", "ref_valid")
+    crops = {name: [getattr(c, name)[window] for c in chips] for name in names}
+    crops["lr"] = [c.lr[:, o : o + t, o : o + t] for c in chips if c.lr is not None]
+    return TrainBatch.stacked(crops)
 
 
 @torch.no_grad()
