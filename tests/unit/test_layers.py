@@ -141,24 +141,23 @@ def test_the_package_follows_the_layout() -> None:
     assert violations(PACKAGE) == []
 
 
+def planted_copy(tmp_path: Path) -> Path:
+    """A copy of the package (without its weights) to plant violations in."""
+    root = tmp_path / PACKAGE.name
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    return root
+
+
 def plant(path: Path, line: str) -> None:
-    path.write_text(line + "\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
-
-
-def new_violations(root: Path) -> list[str]:
-    """What ``root`` breaks beyond the product (a planted line also lengthens its file)."""
-    baseline = {line.split(":")[0] for line in violations(PACKAGE)}
-    return sorted(
-        line
-        for line in violations(root)
-        if not (line.split(":")[0] in baseline and "lines (at most" in line)
-        and line not in violations(PACKAGE)
-    )
+    """Put ``line`` at the top of ``path``; the file must stay within the line limit, so that
+    the plant is the only rule it breaks."""
+    text = path.read_text(encoding="utf-8")
+    assert len(text.splitlines()) < MAX_LINES, f"{path} is at the line limit: plant elsewhere"
+    path.write_text(line + "\n" + text, encoding="utf-8")
 
 
 def test_planted_violations_are_each_reported(tmp_path: Path) -> None:
-    root = tmp_path / PACKAGE.name
-    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    root = planted_copy(tmp_path)
     plant(root / "reference" / "guided.py", "from refdiff_cli.upscale import engines")
     plant(root / "train" / "run.py", "from refdiff_cli.evaluate.run import evaluate")
     plant(root / "data" / "normalize.py", "import rasterio")
@@ -166,7 +165,7 @@ def test_planted_violations_are_each_reported(tmp_path: Path) -> None:
     plant(root / "errors.py", "import numpy")
     (root / "helpers.py").write_text('"""Planted."""\n', encoding="utf-8")
     (root / "upscale" / "long.py").write_text("x = 1\n" * (MAX_LINES + 1), encoding="utf-8")
-    found = new_violations(root)
+    found = violations(root)
     expected = [
         "reference/guided (layer 1) imports upscale/engines (layer 3)",
         "train/run imports evaluate/run: one tool may not use another",
@@ -182,14 +181,11 @@ def test_planted_violations_are_each_reported(tmp_path: Path) -> None:
 
 
 def test_evaluate_may_use_upscale_but_not_the_reverse(tmp_path: Path) -> None:
-    root = tmp_path / PACKAGE.name
-    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    root = planted_copy(tmp_path)
     plant(root / "evaluate" / "run.py", "from refdiff_cli.upscale import engines")
-    assert new_violations(root) == []
+    assert violations(root) == []
     plant(root / "upscale" / "run.py", "from refdiff_cli.evaluate import report")
-    assert new_violations(root) == [
-        "upscale/run imports evaluate/report: one tool may not use another"
-    ]
+    assert violations(root) == ["upscale/run imports evaluate/report: one tool may not use another"]
 
 
 MODULES = sorted(PACKAGE.rglob("*.py"))
