@@ -5,15 +5,21 @@ Usage: python scripts/tune_change.py CHIPS_DIR [--chips N]
 For training chips (256 px, x8, bicubic LR of the HR) with a real cross-date reference and a
 labelled change, and for references synthesised from the HR with the training nuisances
 (``train/references.py``: colour shift, pasted/removed objects marked in the mask, 0-2 px
-shift, noise), prints for each (structure_threshold, radiometric_threshold) the
-pooled F1 of ``estimate_change`` against the labels, beside change vector analysis, and what
-the estimate costs the guided transfer: its mean PSNR (dB, model space) with the estimated
-mask minus with the label mask. The default of ``ChangeConfig`` maximises the mean of the
-two F1s. The dB columns say what that choice costs: on 80 synthesised chips a radiometric
-threshold of 2-3 costs the guided transfer 0.05 dB less (false alarms in unchanged areas cost
-more than missed changes), and 3.0 lifts the model on the held-out triplets from -0.45 to
--0.36 dB of the label mask, but drops the F1 on LEVIR below change vector analysis
-(0.281 vs 0.330), so the default stays at 1.5.
+shift, noise), prints for each (structure_threshold, radiometric_threshold,
+radiometric_seed) the pooled F1 of ``estimate_change`` against the labels, beside change
+vector analysis, and what the estimate costs the guided transfer: its mean PSNR (dB, model
+space) with the estimated mask minus with the label mask.
+
+The rule that picks ``ChangeConfig``'s default (printed last): the largest mean of the two
+F1s among the settings that cost the guided transfer at most ``DB_BUDGET`` on the
+synthesised chips. The mask serves two readers: ``--mask-out`` wants a balanced change map
+(F1); the engine loses most to false alarms in unchanged land (they throw good reference
+detail away), and issue 10 allows the model 0.30 dB against the label mask. The model has
+paid about 0.1 dB more on held-out images than the guided transfer on these chips (0.34 vs
+0.235 at radiometric 1.5 without a seed), so the budget is 0.20. Without the radiometric
+hysteresis (seed = threshold) the cost only falls by raising the threshold, which drops F1 on
+cross-date pairs (at 3.0 below change vector analysis on LEVIR); the seed keeps the weak
+cells of a strongly changed region and drops weak clusters without a strong core.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from refdiff_cli.reference.guided import guided_transfer, reference_shift
 from refdiff_cli.train.references import synthesised_reference
 
 SCALE = 8
+#: The most the estimated mask may cost the guided transfer on synthesised chips (dB).
+DB_BUDGET = 0.20
 
 
 def main() -> None:
@@ -67,23 +75,32 @@ def main() -> None:
     print({k: len(v) for k, v in cases.items()}, "chips")
     measured = {kind: [measure(*case) for case in items] for kind, items in cases.items()}
     print("one guided transfer per chip and setting; this takes a few minutes")
-    grid = itertools.product((0.8, 0.9, 0.95), (1.5, 2.0, 3.0, 4.0, 1e9))
-    print("| structure | radiometric | real F1 | synthesised F1 | real dB | synthesised dB |")
-    print("|---|---|---|---|---|---|")
-    for structure, radiometric in grid:
-        config = ChangeConfig(structure_threshold=structure, radiometric_threshold=radiometric)
+    grid = itertools.product((0.9, 0.95), (1.25, 1.5, 2.0), (None, 4.0, 6.0, 8.0))
+    print("| structure | radiometric | seed | real F1 | synth. F1 | real dB | synth. dB |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for structure, radiometric, seed in grid:
+        config = ChangeConfig(
+            structure_threshold=structure,
+            radiometric_threshold=radiometric,
+            radiometric_seed=radiometric if seed is None else seed,
+        )
         f1s, gaps = [], []
         for kind in measured.values():
             masks = [decide(case.evidence, config, SCALE) for case in kind]
             pairs = list(zip(masks, kind, strict=True))
             f1s.append(pooled_f1([(m, case.truth) for m, case in pairs]))
             gaps.append(float(np.mean([case.psnr(m) - case.label_psnr for m, case in pairs])))
+        rows.append((config, f1s, gaps))
         print(
-            f"| {structure} | {radiometric:g} | {f1s[0]:.3f} | {f1s[1]:.3f} "
-            f"| {gaps[0]:+.3f} | {gaps[1]:+.3f} |"
+            f"| {structure} | {radiometric:g} | {'-' if seed is None else f'{seed:g}'} "
+            f"| {f1s[0]:.3f} | {f1s[1]:.3f} | {gaps[0]:+.3f} | {gaps[1]:+.3f} |"
         )
     cva = [pooled_f1([(case.cva, case.truth) for case in kind]) for kind in measured.values()]
-    print(f"| CVA (Otsu) | | {cva[0]:.3f} | {cva[1]:.3f} | | |")
+    print(f"| CVA (Otsu) | | | {cva[0]:.3f} | {cva[1]:.3f} | | |")
+    affordable = [r for r in rows if r[2][1] >= -DB_BUDGET]
+    chosen = max(affordable, key=lambda r: sum(r[1]))[0]
+    print(f"chosen (best mean F1 at a synthesised dB cost <= {DB_BUDGET}): {chosen}")
 
 
 @dataclasses.dataclass

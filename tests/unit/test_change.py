@@ -10,8 +10,11 @@ from refdiff_cli.data.resample import downscale_bicubic
 from refdiff_cli.metrics.scores import mask_counts, mask_scores
 from refdiff_cli.reference.change import (
     ChangeConfig,
+    ChangeEvidence,
     change_vector_analysis,
+    decide,
     estimate_change,
+    grow_regions,
     otsu_threshold,
 )
 
@@ -94,3 +97,46 @@ def test_mask_scores() -> None:
     assert mask_scores(mask_counts(np.ones(4, bool), np.zeros(4, bool)))["f1"] == 0.0
     with pytest.raises(ValueError, match="differ in shape"):
         mask_counts(np.zeros(3, bool), np.zeros(4, bool))
+
+
+def test_grow_regions_keeps_the_allowed_regions_that_touch_a_seed() -> None:
+    allowed = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    allowed[..., 0:3, 0:3] = True  # region A, seeded at one corner
+    allowed[..., 3, 3] = True  # diagonal neighbour of A: 8-connected to it
+    allowed[..., 6:8, 5:8] = True  # region B, no seed
+    seeds = torch.zeros_like(allowed)
+    seeds[..., 0, 0] = True
+    seeds[..., 5, 0] = True  # a seed outside ``allowed`` grows nothing
+    grown = grow_regions(seeds, allowed)
+    expected = torch.zeros_like(allowed)
+    expected[..., 0:3, 0:3] = True
+    expected[..., 3, 3] = True
+    assert torch.equal(grown, expected)
+
+
+def _evidence(z: torch.Tensor) -> ChangeEvidence:
+    """Evidence whose radiometric z-score is ``z`` (spread 1, no noise floor), no structure."""
+    return ChangeEvidence(
+        structure=torch.zeros_like(z),
+        excess=z,
+        residual_spread=torch.ones(1, 1, 1, 1),
+        cells_valid=torch.ones_like(z, dtype=torch.bool),
+    )
+
+
+def test_radiometric_hysteresis_drops_weak_clusters_without_a_strong_core() -> None:
+    z = torch.zeros(1, 1, 16, 16)
+    z[..., 1:5, 1:5] = 2.0  # weak everywhere: a correlated residual of unchanged land
+    z[..., 9:14, 9:14] = 2.0  # weak, with a strong core: a changed building
+    z[..., 11, 11] = 9.0
+    config = ChangeConfig(radiometric_threshold=1.5, radiometric_seed=6.0, noise_floor=0.0)
+    mask = decide(_evidence(z), config, scale=1)[0, 0]
+    assert float(mask[1:5, 1:5].sum()) == 0
+    assert bool(mask[10:13, 10:13].all())
+    without = ChangeConfig(radiometric_threshold=1.5, radiometric_seed=1.5, noise_floor=0.0)
+    assert bool(decide(_evidence(z), without, scale=1)[0, 0, 2:4, 2:4].all())
+
+
+def test_the_seed_threshold_cannot_be_below_the_threshold() -> None:
+    with pytest.raises(ValueError, match="radiometric_seed"):
+        ChangeConfig(radiometric_threshold=2.0, radiometric_seed=1.0)
