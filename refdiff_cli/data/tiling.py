@@ -211,10 +211,11 @@ def _axis_weights(
     return np.asarray(0.5 - 0.5 * np.cos(math.pi * phase))
 
 
-def blend_weights(tile: Tile, plan: TilePlan) -> npt.NDArray[np.float32]:
-    """The (height, width) float32 blend weight of ``tile`` (separable: rows x columns)."""
+def blend_weights(tile: Tile, plan: TilePlan, rows: slice = slice(None)) -> npt.NDArray[np.float32]:
+    """The (height, width) float32 blend weight of ``tile`` (separable: rows x columns), or
+    only its ``rows`` (tile rows), each element the same as in the whole tile's weight."""
     height, width = plan.shape
-    rows = _axis_weights(
+    row_weights = _axis_weights(
         tile.out.row_off,
         tile.out.height,
         height,
@@ -228,7 +229,7 @@ def blend_weights(tile: Tile, plan: TilePlan) -> npt.NDArray[np.float32]:
         overlap_px=plan.overlap_px,
         margin_px=plan.margin_px,
     )
-    return np.outer(rows, cols).astype(np.float32)  # (h, w)
+    return np.outer(row_weights[rows], cols).astype(np.float32)  # (h, w)
 
 
 def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -274,7 +275,10 @@ class StripAccumulator:
     the next tile row can no longer change; they leave in strips of ``block_rows`` rows at
     offsets that are multiples of it (the last strip ends at the raster's bottom), so each
     output block is written exactly once and memory stays at about ``tile_px + block_rows``
-    rows, whatever the raster height.
+    rows, whatever the raster height: 4 bytes per band and 1 byte of validity per pixel of
+    them. The blend weights' sum is not stored: it depends on the plan alone, and is summed
+    again per strip in plan order (the order ``add`` would have summed it in, so the division
+    is bit for bit the same as with a stored sum).
 
     A resumed run starts at ``first_row``: tiles are added from ``first_tile(plan,
     first_row)`` on, and rows above ``first_row`` (which those tiles reach only in part) are
@@ -300,7 +304,6 @@ class StripAccumulator:
         height, width = plan.shape
         rows = min(height, min(plan.tile_px, height) + block_rows)
         self._acc = np.zeros((bands, rows, width), dtype=np.float32)  # (C, rows, W)
-        self._wsum = np.zeros((rows, width), dtype=np.float32)  # (rows, W)
         self._valid = np.zeros((rows, width), dtype=bool)  # (rows, W)
         self._first_row = first_row
         self._added = first_tile(plan, first_row)  # index of the next tile
@@ -333,12 +336,11 @@ class StripAccumulator:
         if values.shape != (self.bands, win.height, win.width) or valid.shape != values.shape[1:]:
             raise ValueError(f"tile values {values.shape} / valid {valid.shape} do not fit {win}")
         top = win.row_off - self._base
-        if top < 0 or top + win.height > self._wsum.shape[0]:
+        if top < 0 or top + win.height > self._valid.shape[0]:
             raise AssertionError(f"tile {win} outside the buffer (base row {self._base})")
         weight = blend_weights(tile, self.plan)  # (h, w)
         rows, cols = slice(top, top + win.height), slice(win.col_off, win.col_end)
         self._acc[:, rows, cols] += values.astype(np.float32) * weight
-        self._wsum[rows, cols] += weight
         self._valid[rows, cols] |= valid & (weight > 0)
         self._added += 1
         self._pending = True
@@ -357,16 +359,36 @@ class StripAccumulator:
         if count <= 0:
             self._pending = False
             return
-        wsum = self._wsum[:count]
-        if not bool((wsum > 0).all()):
-            row = int(np.argwhere(~(wsum > 0).all(axis=1))[0, 0]) + self._base
-            raise AssertionError(f"output row {row} has pixels that no tile weights")
         for top in range(0, count, self.block_rows):
             rows = slice(top, min(count, top + self.block_rows))
-            # No local name holds the values (C, block_rows, W): the consumer frees them.
-            yield Strip(self._base + top, self._acc[:, rows] / wsum[rows], self._valid[rows].copy())
+            # No local name holds the values (C, block_rows, W) or the weight sum (block_rows,
+            # W) while the consumer has the strip: it frees them.
+            yield Strip(
+                self._base + top,
+                self._acc[:, rows] / self._weight_sum(self._base + top, self._base + rows.stop),
+                self._valid[rows].copy(),
+            )
         self._shift(count)
         self._pending = False
+
+    def _weight_sum(self, top: int, bottom: int) -> npt.NDArray[np.float32]:
+        """(rows, W) sum of the tiles' blend weights over output rows ``top``..``bottom - 1``,
+        added in plan order from zero, as ``add`` met the tiles."""
+        wsum = np.zeros((bottom - top, self.plan.shape[1]), dtype=np.float32)
+        for tile in self.plan.tiles[first_tile(self.plan, top) :]:
+            win = tile.out
+            if win.row_off >= bottom:
+                break
+            first, last = max(top, win.row_off), min(bottom, win.row_end)
+            if first < last:
+                rows = slice(first - win.row_off, last - win.row_off)
+                wsum[first - top : last - top, win.col_off : win.col_end] += blend_weights(
+                    tile, self.plan, rows
+                )
+        if not bool((wsum > 0).all()):
+            row = int(np.argwhere(~(wsum > 0).all(axis=1))[0, 0]) + top
+            raise AssertionError(f"output row {row} has pixels that no tile weights")
+        return wsum
 
     def _shift(self, count: int) -> None:
         """Drop the first ``count`` buffer rows and zero the freed rows at the bottom.
@@ -374,8 +396,8 @@ class StripAccumulator:
         Rows move up in slabs of at most ``count`` rows, which never overlap their source:
         no temporary copy of the buffer (a whole copy doubled the peak memory of wide rasters).
         """
-        rows = self._wsum.shape[0]
-        for buffer in (self._acc[:, :, :], self._wsum[None], self._valid[None]):
+        rows = self._valid.shape[0]
+        for buffer in (self._acc[:, :, :], self._valid[None]):
             for top in range(0, rows - count, count):
                 end = min(top + count, rows - count)
                 buffer[:, top:end] = buffer[:, top + count : end + count]

@@ -6,6 +6,9 @@ import math
 
 import numpy as np
 
+#: Rows of a strip band merged at a time (16 rows of a 8192 px wide band: 1 MiB of float64).
+CHUNK_ROWS = 16
+
 
 class BandStatistics:
     """Exact running statistics of one band over the strips written (Chan et al.'s merge).
@@ -22,7 +25,17 @@ class BandStatistics:
         self.maximum = -math.inf
 
     def add(self, values: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> None:
-        """Take one strip of one band: ``values`` (rows, W), ``valid`` (rows, W) or None."""
+        """Take one strip of one band: ``values`` (rows, W), ``valid`` (rows, W) or None.
+
+        Taken ``CHUNK_ROWS`` rows at a time, so the float64 copy it needs stays a few MiB
+        whatever the strip's width (a whole 256 x 8192 strip band was 16 MiB).
+        """
+        for top in range(0, values.shape[0], CHUNK_ROWS):
+            rows = slice(top, top + CHUNK_ROWS)
+            self._add_rows(values[rows], None if valid is None else valid[rows], nodata)
+
+    def _add_rows(self, values: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> None:
+        """Merge the statistics of a few rows of one band into the running ones."""
         keep = np.ones(values.shape, dtype=bool) if valid is None else valid.copy()
         if values.dtype.kind == "f":
             keep &= ~np.isnan(values)
@@ -35,8 +48,7 @@ class BandStatistics:
         mean = float(picked.mean())
         self.minimum = min(self.minimum, float(picked.min()))
         self.maximum = max(self.maximum, float(picked.max()))
-        # Squared deviations in place: one float64 copy of the strip band, not three
-        # (a 8192 px wide strip of 256 rows: 16 MiB instead of 48).
+        # Squared deviations in place: one float64 copy of the rows, not three.
         np.subtract(picked, mean, out=picked)
         m2 = float(np.square(picked, out=picked).sum())
         total = self.count + n
