@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypedDict, Unpack
@@ -301,6 +302,10 @@ class SourceReader:
         self.sources = sources
         self.out_grid = out_grid
         self._stack = contextlib.ExitStack()
+        # One read at a time, and closing waits for a read in progress: the pipeline reads
+        # from a background thread, which may still be busy when an error closes the sources.
+        self._lock = threading.Lock()
+        self._closed = False
         self._lr: Any = None
         self._ref: Any = None
         self._mask: Any = None
@@ -328,18 +333,35 @@ class SourceReader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stack.close()
+        with self._lock:
+            self._closed = True
+            self._stack.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Hold the lock and refdiff's GDAL settings (rasterio's are per thread) for one read."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("read from sources that are already closed")
+            with rasterio_env():
+                yield
 
     def read_lr(self, window: PixelWindow) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-        """LR values (C, h, w) float32 and validity (h, w) of an LR-pixel window."""
-        data, valid = read_window(self._lr, self.sources.lr, self.sources.lr_bands, window)
+        """LR values (C, h, w) float32 and validity (h, w) of an LR-pixel window.
+
+        Reads may come from any thread (``pipeline.read_ahead`` reads in a background one),
+        one at a time.
+        """
+        with self._reading():
+            data, valid = read_window(self._lr, self.sources.lr, self.sources.lr_bands, window)
         return data.astype(np.float32), valid
 
     def read_ref(
         self, window: PixelWindow
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
         """Ref warped onto an output-pixel window: values (C, H, W) float32, validity (H, W)."""
-        return read_vrt(self._ref, self.sources.ref, self.sources.ref_bands, window)
+        with self._reading():
+            return read_vrt(self._ref, self.sources.ref, self.sources.ref_bands, window)
 
     def read_mask(
         self, window: PixelWindow
@@ -350,7 +372,8 @@ class SourceReader:
         """
         if self.sources.mask is None:
             raise ValueError("these sources have no mask file to read")
-        values, valid = read_vrt(self._mask, self.sources.mask, (1,), window)
+        with self._reading():
+            values, valid = read_vrt(self._mask, self.sources.mask, (1,), window)
         return values[0], valid
 
 

@@ -5,9 +5,11 @@ blending the results into finished strips."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Literal, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +42,8 @@ MaskMode = Literal["file", "estimated", "none"]
 
 Array = npt.NDArray[np.float32]
 Valid = npt.NDArray[np.bool_]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class TileReader(Protocol):
@@ -192,8 +196,11 @@ def sr_tiles(
     check_mask_channel(engine, space)
     low, high = np.asarray(space.lr.low), np.asarray(space.lr.high)
     units_per_model_unit = float(np.mean((high - low) / 2))
-    for tile_batch in batches(tiles, batch_size):
-        batch, lr_valid = engine_batch(tile_batch, reader, engine.scale, seed, space)
+
+    def read(tile_batch: list[Tile]) -> tuple[list[Tile], EngineBatch, list[Valid]]:
+        return tile_batch, *engine_batch(tile_batch, reader, engine.scale, seed, space)
+
+    for tile_batch, batch, lr_valid in read_ahead(read, batches(tiles, batch_size)):
         out = call_padded(engine, batch).numpy()  # (B, C, H, W) model space
         extra: dict[str, torch.Tensor] = {"mask": batch.mask[:, :1]}
         if {"weight", "uncertainty"} & set(layers):
@@ -208,6 +215,32 @@ def sr_tiles(
                 values = np.concatenate([values, *(extra[name][i].numpy() for name in layers)])
             group.append((tile, values, valid))
         yield group
+
+
+def read_ahead(function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """``function(item)`` for each item, in order, the next one computed in a background
+    thread while the caller works on the current one (reading and preparing the next batch
+    of tiles while the engine runs: on a GPU, reading and warping take longer than the
+    network).
+
+    One worker, one item ahead: the reader's datasets are only ever used by that thread, and
+    memory holds at most two batches. ``items`` is advanced in the caller's thread. The worker
+    uses the caller's number of torch threads (OpenMP's count is per thread). An exception of
+    ``function`` is raised where its result would have been taken; leaving early (an error,
+    Ctrl-C) waits only for the item in progress.
+    """
+    iterator = iter(items)
+    threads = torch.get_num_threads()
+    with ThreadPoolExecutor(1, "refdiff-read", torch.set_num_threads, (threads,)) as pool:
+        try:
+            pending = [pool.submit(function, item) for item in itertools.islice(iterator, 1)]
+            while pending:
+                current = pending.pop()
+                pending = [pool.submit(function, item) for item in itertools.islice(iterator, 1)]
+                yield current.result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def check_mask_channel(engine: Engine, space: ModelSpace) -> None:

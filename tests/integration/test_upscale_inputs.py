@@ -502,3 +502,42 @@ def test_signals_leave_nothing_under_the_output_name(
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     assert "Traceback" not in rest
+
+
+def test_closing_the_sources_waits_for_a_read_in_another_thread(
+    make_raster: RasterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline reads the next batch in a background thread; an error in the main thread
+    closes the sources meanwhile. The close must wait for that read (GDAL handles closed under
+    a read crash the process), and later reads must fail cleanly."""
+    import threading
+    import time
+
+    from refdiff_cli.geo import read as read_module
+
+    paths = triplet_paths(make_raster, scene(16, 16))
+    sources = open_sources(Path(paths[0]), Path(paths[2]), Path(paths[4]), scale=SCALE)
+    inside, finished = threading.Event(), threading.Event()
+    real_read_window = read_module.read_window
+
+    def slow_read_window(*args: object) -> tuple[np.ndarray, np.ndarray]:
+        inside.set()
+        time.sleep(0.3)
+        result = real_read_window(*args)  # type: ignore[arg-type]
+        finished.set()
+        return result
+
+    monkeypatch.setattr(read_module, "read_window", slow_read_window)
+    reader = SourceReader(sources, upscaled(sources.lr_grid, SCALE)).__enter__()
+    results: list[tuple[np.ndarray, np.ndarray]] = []
+    worker = threading.Thread(
+        target=lambda: results.append(reader.read_lr(PixelWindow(0, 0, 8, 8)))
+    )
+    worker.start()
+    assert inside.wait(10)
+    reader.__exit__(None, None, None)  # in the main thread, while the read sleeps
+    assert finished.is_set(), "the sources closed under a read in progress"
+    worker.join(10)
+    assert results and results[0][0].shape == (3, 8, 8)
+    with pytest.raises(RuntimeError, match="already closed"):
+        reader.read_lr(PixelWindow(0, 0, 8, 8))
