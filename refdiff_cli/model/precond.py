@@ -101,6 +101,7 @@ def prepare_conditions(
     reference: ReferenceMode,
     upsample_mode: UpsampleMode,
     guided_config: GuidedConfig | None = None,
+    shift: torch.Tensor | None = None,
 ) -> Prepared:
     """The one way training and inference turn (LR, Ref, M) into network conditions.
 
@@ -120,6 +121,8 @@ def prepare_conditions(
         upsample_mode: the card's ``lr_upsample``.
         guided_config: the guided transfer's constants (the card's ``guided``); None takes
             ``GuidedConfig()``.
+        shift: (B, 2, H, W) the guided registration of these tiles, made already with
+            ``guided_config`` (``EngineBatch.ref_shift``); None registers them.
     """
     lr_up = upsample(lr, scale, mode=upsample_mode)  # (B, C, H, W) clamped to [-1, 1]
     if reference == "raw":
@@ -128,7 +131,7 @@ def prepare_conditions(
     if reference != "guided":
         raise ValueError(f"unknown reference mode {reference!r}; use raw or guided")
     guided = guided_transfer(
-        lr, ref, mask=mask, ref_valid=ref_valid, scale=scale, config=guided_config
+        lr, ref, mask=mask, ref_valid=ref_valid, scale=scale, config=guided_config, shift=shift
     )
     changed = torch.where(ref_valid, mask[:, :1], 1.0)
     cond = Conditioning(

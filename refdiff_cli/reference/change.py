@@ -109,6 +109,7 @@ def estimate_change(
     scale: int,
     guided: GuidedConfig | None = None,
     config: ChangeConfig | None = None,
+    shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference-disagreement change mask (B, 1, H, W), 0/1, 1 = changed (module docstring).
 
@@ -119,8 +120,12 @@ def estimate_change(
         scale: integer factor s; H = h s.
         guided: the guided transfer's constants (registration and local fit).
         config: the thresholds; None takes ``ChangeConfig()``.
+        shift: (B, 2, H, W) the registration ``guided.reference_shift`` made of these tiles
+            with ``guided``, to reuse; None registers them.
     """
-    evidence = change_evidence(lr, ref, ref_valid=ref_valid, scale=scale, guided=guided)
+    evidence = change_evidence(
+        lr, ref, ref_valid=ref_valid, scale=scale, guided=guided, shift=shift
+    )
     return decide(evidence, config or ChangeConfig(), scale)
 
 
@@ -131,10 +136,11 @@ def change_evidence(
     ref_valid: torch.Tensor,
     scale: int,
     guided: GuidedConfig | None = None,
+    shift: torch.Tensor | None = None,
 ) -> ChangeEvidence:
     """Measure structure and radiometric disagreement per LR cell (arguments as above)."""
     lr = lr.float()
-    result, warped_lr = register_to_lr(lr, ref, ref_valid, scale, guided)
+    result, warped_lr = register_to_lr(lr, ref, ref_valid, scale, guided, shift)
     structure = 1 - F.avg_pool2d(result.agreement, scale)  # (B, 1, h, w)
     residual = tile_colour_residual(warped_lr, lr)
     centre = residual.flatten(1).median(dim=1).values[:, None, None, None]
@@ -193,11 +199,14 @@ def register_to_lr(
     ref_valid: torch.Tensor,
     scale: int,
     guided: GuidedConfig | None,
+    shift: torch.Tensor | None = None,
 ) -> tuple[GuidedResult, torch.Tensor]:
-    """The guided transfer without a mask (its registration and local fit), and ``D(R_w)``:
-    the reference shifted by the registration field and brought to LR scale."""
+    """The guided transfer without a mask (its registration, or ``shift``, and local fit), and
+    ``D(R_w)``: the reference shifted by the registration field and brought to LR scale."""
     no_mask = torch.zeros_like(ref_valid, dtype=lr.dtype)
-    result = guided_transfer(lr, ref, mask=no_mask, ref_valid=ref_valid, scale=scale, config=guided)
+    result = guided_transfer(
+        lr, ref, mask=no_mask, ref_valid=ref_valid, scale=scale, config=guided, shift=shift
+    )
     lr_up = F.interpolate(lr, scale_factor=scale, mode="nearest")
     filled = torch.where(ref_valid, ref.float().clamp(-1.0, 1.0), lr_up)
     return result, downscale_bicubic(shift_image(filled, result.shift), scale)

@@ -224,9 +224,15 @@ class RoutedEngine:
 
     def _transfer(self, core: EngineBatch, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """(B, K, H, W) guided estimates of K other bands, each fitted on its own."""
-        shift = reference_shift(
-            core.lr, core.ref, ref_valid=core.ref_valid, scale=self.scale, config=self.guided_config
-        )
+        shift = core.ref_shift
+        if shift is None:
+            shift = reference_shift(
+                core.lr,
+                core.ref,
+                ref_valid=core.ref_valid,
+                scale=self.scale,
+                config=self.guided_config,
+            )
         k = lr.shape[1]
 
         def per_band(x: torch.Tensor) -> torch.Tensor:  # (B, K, ...) -> (B K, 1, ...)

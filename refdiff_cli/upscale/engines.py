@@ -48,6 +48,9 @@ class EngineBatch:
         mask: (B, 1, H, W) change mask in [0, 1] (1 = changed).
         origins: absolute output-pixel (row, col) of each tile's top-left corner; keys the noise.
         seed: run seed; with ``origins`` it fixes every random draw.
+        ref_shift: (B, 2, H, W) the guided registration of ``ref`` to ``lr`` (output pixels,
+            ``guided.reference_shift`` with the engine's ``guided_config``), when the pipeline
+            made it already (for the change estimate); None: the engine registers.
     """
 
     lr: torch.Tensor
@@ -56,6 +59,7 @@ class EngineBatch:
     mask: torch.Tensor
     origins: tuple[tuple[int, int], ...]
     seed: int
+    ref_shift: torch.Tensor | None = None
 
 
 class Engine(Protocol):
@@ -164,6 +168,7 @@ class GuidedEngine(BicubicEngine):
             ref_valid=batch.ref_valid,
             scale=self.scale,
             config=self.guided_config,
+            shift=batch.ref_shift,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -311,6 +316,7 @@ class DiffusionEngine:
             reference=self.reference,
             upsample_mode=self.upsample_mode,
             guided_config=self.guided_config,
+            shift=None if batch.ref_shift is None else batch.ref_shift.to(self.device),
         )
 
     def _guided_denoiser(

@@ -64,7 +64,7 @@ def time_estimate(
     tiles = plan.tiles[: options.batch_size]
     with read.SourceReader(sources, out_grid) as reader:
         begun = time.perf_counter()
-        batch, _ = engine_batch(tiles, reader, engine.scale, options.seed, space)
+        batch, _ = engine_batch(tiles, reader, engine, options.seed, space)
         out = call_padded(engine, batch).numpy()  # (B, C, H, W) model space
         for tile_out in out:
             normalize.from_model(tile_out, space.lr)

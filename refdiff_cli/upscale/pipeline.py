@@ -30,6 +30,7 @@ from refdiff_cli.data.tiling import (
 from refdiff_cli.errors import ConfigError, InputError
 from refdiff_cli.geo import read
 from refdiff_cli.reference.change import estimate_change
+from refdiff_cli.reference.guided import GuidedConfig, reference_shift
 from refdiff_cli.reference.trust import uncertainty
 from refdiff_cli.upscale.bands import BandRoutes
 from refdiff_cli.upscale.distributed import TileRows
@@ -198,7 +199,7 @@ def sr_tiles(
     units_per_model_unit = float(np.mean((high - low) / 2))
 
     def read(tile_batch: list[Tile]) -> tuple[list[Tile], EngineBatch, list[Valid]]:
-        return tile_batch, *engine_batch(tile_batch, reader, engine.scale, seed, space)
+        return tile_batch, *engine_batch(tile_batch, reader, engine, seed, space)
 
     for tile_batch, batch, lr_valid in read_ahead(read, batches(tiles, batch_size)):
         out = call_padded(engine, batch).numpy()  # (B, C, H, W) model space
@@ -260,9 +261,14 @@ def check_mask_channel(engine: Engine, space: ModelSpace) -> None:
 
 
 def engine_batch(
-    tiles: Sequence[Tile], reader: TileReader, scale: int, seed: int, space: ModelSpace
+    tiles: Sequence[Tile], reader: TileReader, engine: Engine, seed: int, space: ModelSpace
 ) -> tuple[EngineBatch, list[Valid]]:
-    """Read and normalise one batch; return it with each tile's output validity (H, W)."""
+    """Read and normalise one batch; return it with each tile's output validity (H, W).
+
+    An estimated mask registers the reference with the engine's guided constants and hands
+    that registration on (``EngineBatch.ref_shift``): the engine does not register again.
+    """
+    scale = engine.scale
     lr_list, ref_list, ref_valid_list, mask_list, valid_list = [], [], [], [], []
     for tile in tiles:
         lr, lr_valid = reader.read_lr(tile.lr)  # (C, h, w), (h, w)
@@ -283,12 +289,24 @@ def engine_batch(
     lr_t = torch.from_numpy(np.stack(lr_list).astype(np.float32))
     ref_t = torch.from_numpy(np.stack(ref_list).astype(np.float32))
     ref_valid_t = torch.from_numpy(np.stack(ref_valid_list))
+    shift = None
     if space.mask_mode == "estimated":
         lr_compared, ref_compared = lr_t, ref_t
         if space.compared is not None:
             lr_compared = lr_t[:, [lr_pos for lr_pos, _ in space.compared]]
             ref_compared = ref_t[:, [ref_pos for _, ref_pos in space.compared]]
-        mask_t = estimate_change(lr_compared, ref_compared, ref_valid=ref_valid_t, scale=scale)
+        guided = engine.guided_config or GuidedConfig()
+        shift = reference_shift(
+            lr_compared, ref_compared, ref_valid=ref_valid_t, scale=scale, config=guided
+        )
+        mask_t = estimate_change(
+            lr_compared,
+            ref_compared,
+            ref_valid=ref_valid_t,
+            scale=scale,
+            guided=guided,
+            shift=shift,
+        )
     elif space.mask_mode == "none":
         mask_t = torch.ones_like(ref_t[:, :1])
     else:
@@ -300,6 +318,7 @@ def engine_batch(
         mask=mask_t,
         origins=tuple((t.out.row_off, t.out.col_off) for t in tiles),
         seed=seed,
+        ref_shift=shift,
     )
     return batch, valid_list
 
@@ -322,5 +341,6 @@ def call_padded(engine: Engine, batch: EngineBatch) -> torch.Tensor:
         ref=pad(batch.ref, pad_h, pad_w),
         ref_valid=pad(batch.ref_valid, pad_h, pad_w).bool(),
         mask=pad(batch.mask, pad_h, pad_w),
+        ref_shift=None,  # registered afresh on the padded tiles
     )
     return engine(padded)[:, :, :height, :width]

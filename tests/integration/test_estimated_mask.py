@@ -3,6 +3,7 @@ evaluate --mask-source label | estimated | none, with the estimate scored agains
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -113,3 +114,46 @@ def test_evaluate_mask_sources(pasted: Path) -> None:
     assert estimated["settings"]["mask_source"] == "estimated"
     assert scores["estimated"]["f1"] > 0.6 and scores["estimated"]["f1"] > scores["cva"]["f1"]
     assert all(0 <= v <= 1 for kind in scores.values() for v in kind.values())
+
+
+def test_an_estimated_mask_registers_each_batch_once(
+    make_raster: RasterFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change estimate's registration is handed to the engine (and to the trust layer's
+    weight): without it the guided engine registered every batch three times. The output is
+    the same as the engine registering on its own."""
+    from refdiff_cli import api
+    from refdiff_cli.config import TilingConfig
+    from refdiff_cli.reference import guided
+    from refdiff_cli.upscale import pipeline
+
+    lr = make_raster("lr.tif", scene(48, 64), transform=LR_TRANSFORM)
+    ref = make_raster("ref.tif", scene(384, 512, seed=1), transform=HR_TRANSFORM)
+    calls: list[int] = []
+    register = guided.register
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return register(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(guided, "register", counted)
+    tiling = TilingConfig(tile_px=256, overlap_px=128)
+    options = {"engine": "guided", "tiling": tiling, "batch_size": 4}
+    shared = tmp_path / "shared.tif"
+    report = api.upscale(lr, ref, out=shared, trust_out=tmp_path / "t.tif", **options)
+    batches = -(-report.tiles // 4)
+    assert len(calls) == batches
+
+    build = pipeline.engine_batch
+
+    def without_shift(*args: object, **kwargs: object) -> object:
+        batch, valid = build(*args, **kwargs)  # type: ignore[arg-type]
+        return dataclasses.replace(batch, ref_shift=None), valid
+
+    monkeypatch.setattr(pipeline, "engine_batch", without_shift)
+    calls.clear()
+    alone = tmp_path / "alone.tif"
+    api.upscale(lr, ref, out=alone, trust_out=tmp_path / "t2.tif", **options)
+    assert len(calls) == 3 * batches  # the estimate, the engine, the trust weight
+    assert np.array_equal(read(shared), read(alone))
+    assert np.array_equal(read(tmp_path / "t.tif"), read(tmp_path / "t2.tif"), equal_nan=True)
