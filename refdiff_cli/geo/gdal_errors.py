@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -33,16 +34,22 @@ GDAL_ERROR_TEXT = "GDAL signalled an error"
 
 
 class _GdalErrorFilter(logging.Filter):
-    """Collects rasterio's "GDAL signalled an error" records; drops what the logger would have."""
+    """Collects rasterio's "GDAL signalled an error" records of the thread that created it;
+    drops what the logger would have.
+
+    rasterio logs a GDAL error in the thread that caused it, and the logger is shared: the
+    read-ahead thread's read errors (raised there) are not this thread's write failure.
+    """
 
     def __init__(self, threshold: int) -> None:
         super().__init__()
         self.threshold = threshold
+        self.thread = threading.get_ident()
         self.messages: list[str] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if GDAL_ERROR_TEXT in message:
+        if GDAL_ERROR_TEXT in message and record.thread == self.thread:
             self.messages.append(message.replace(GDAL_ERROR_TEXT + ": ", ""))
         return record.levelno >= self.threshold
 
@@ -52,9 +59,11 @@ def gdal_io(out: Path, action: str) -> Iterator[None]:
     """Run rasterio I/O under refdiff's env; raised or merely logged GDAL errors -> OutputError.
 
     rasterio reports some failures (e.g. a block flush failing at close) only as INFO records
-    on ``rasterio._env``; they are collected here and treated as fatal. What libtiff prints
-    straight to the stderr file descriptor (``_tiffWriteProc: No space left on device.``) is
-    captured too: it explains the failure, and is not shown raw.
+    on ``rasterio._env``; they are collected here (this thread's only) and treated as fatal.
+    What libtiff prints straight to the stderr file descriptor (``_tiffWriteProc: No space
+    left on device.``) is captured too: it explains the failure, and is not shown raw. The
+    descriptor is the process's: what another thread prints meanwhile is captured with it and
+    passed on as log records, which is why writes stay in the thread that shows progress.
     """
     gdal_logger = logging.getLogger(GDAL_ERROR_LOGGER)
     old_level = gdal_logger.level
