@@ -27,7 +27,8 @@ that fills inductor's on-disk cache (its cold compile time is printed).
 The second table (with the model engine) is the network alone, in this process, per tile
 size and thread count: the FLOPs of one eager fp32 forward of the model on one tile (batch 1,
 as the CPU engine runs it; ``torch.utils.flop_counter.FlopCounterMode``, a multiply-add counts
-2), the fastest of ``--repeats`` timed forwards, and the fastest of ``--repeats`` 2048^2 @
+2), the fastest of ``--repeats`` timed forwards in each memory layout (channels-last is the CPU
+engine's; contiguous is how the network was trained), and the fastest of ``--repeats`` 2048^2 @
 2048^2 fp32 matmuls at the same thread count as the machine's peak; the ratio is the share of
 that peak the network achieves. Timings on a shared machine are only comparable within one
 invocation: the load average before and after is printed with the tables.
@@ -68,6 +69,8 @@ from refdiff_cli.train.references import synthesised_reference  # noqa: E402
 SCENE = Path("geotiff") / "cogeo.tif"
 #: CLI engine name of each benchmark engine.
 ENGINES = {"bicubic": "bicubic", "guided": "guided", "model": "diffusion"}
+#: Memory layouts the network forward is timed in: the CPU engine's first.
+LAYOUTS = {"channels-last": torch.channels_last, "contiguous": torch.contiguous_format}
 #: Edge of the square fp32 matmul that measures the machine's peak FLOP/s.
 MATMUL_PX = 2048
 #: Interval between reads of a running upscale's peak memory, seconds (the peak is kept by
@@ -202,15 +205,19 @@ def fastest(call: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def network_rate(model: LoadedModel, tile: int, threads: int, repeats: int) -> dict[str, float]:
-    """FLOPs of one forward of ``model`` on a tile x tile tile, its fastest time (s) and the
-    fastest ``MATMUL_PX``^2 fp32 matmul's FLOP/s, all with ``threads`` threads."""
+def network_rate(
+    model: LoadedModel, tile: int, threads: int, repeats: int, layout: torch.memory_format
+) -> dict[str, float]:
+    """FLOPs of one forward of ``model`` on a tile x tile tile, its fastest time (s) with
+    weights and inputs in ``layout`` and the fastest ``MATMUL_PX``^2 fp32 matmul's FLOP/s,
+    all with ``threads`` threads."""
     torch.set_num_threads(threads)
     config = model.denoiser.net.config
     generator = torch.Generator().manual_seed(0)
 
     def image(channels: int) -> torch.Tensor:
-        return torch.rand(1, channels, tile, tile, generator=generator) * 2 - 1
+        values = torch.rand(1, channels, tile, tile, generator=generator) * 2 - 1
+        return values.contiguous(memory_format=layout)
 
     x = image(config.image_channels)
     cond = Conditioning(
@@ -219,6 +226,7 @@ def network_rate(model: LoadedModel, tile: int, threads: int, repeats: int) -> d
         mask=(image(config.mask_channels) + 1) / 2,
     )
     sigma = torch.tensor([model.card.sampler_config.sigma_max])
+    model.denoiser.to(memory_format=layout)
     counter = FlopCounterMode(display=False)
     with torch.no_grad():
         with counter:
@@ -277,9 +285,15 @@ def main() -> None:
     if "model" in args.engines.split(","):
         model = load_model(args.model)
         rates = [
-            {"tile": tile, "threads": threads, **network_rate(model, tile, threads, args.repeats)}
+            {
+                "tile": tile,
+                "threads": threads,
+                "layout": name,
+                **network_rate(model, tile, threads, args.repeats, layout),
+            }
             for tile in map(int, args.tiles.split(","))
             for threads in map(int, args.threads.split(","))
+            for name, layout in LAYOUTS.items()
         ]
     print_table(rows, load_before)
     print_rates(rates)
@@ -322,13 +336,14 @@ def print_rates(rates: list[dict[str, Any]]) -> None:
     if not rates:
         return
     print(f"\nnetwork forward (eager fp32, batch 1) vs {MATMUL_PX}^2 fp32 matmul peak\n")
-    print("| tile | threads | GFLOP | forward s | GFLOP/s | matmul GFLOP/s | of peak |")
-    print("|---" * 7 + "|")
+    print("| tile | threads | layout | GFLOP | forward s | GFLOP/s | matmul GFLOP/s | of peak |")
+    print("|---" * 8 + "|")
     for rate in rates:
         achieved = rate["flops"] / rate["forward"]
         cells = [
             str(rate["tile"]),
             str(rate["threads"]),
+            rate["layout"],
             f"{rate['flops'] / 1e9:.1f}",
             f"{rate['forward']:.2f}",
             f"{achieved / 1e9:.1f}",

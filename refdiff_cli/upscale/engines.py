@@ -263,7 +263,14 @@ class DiffusionEngine:
                 hint="use --start noise",
             )
         check_precision(device, precision)
-        self.denoiser = model.denoiser.to(device)
+        # oneDNN's CPU convolutions run faster on channels-last tensors (the bundled network,
+        # a 512 px tile: 0.93 -> 0.69 s on 2 cores), with the same values up to float rounding.
+        # Not measured on GPUs, so they keep the layout the network was trained in.
+        self.memory_format = (
+            torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        )
+        # Module.to takes memory_format (documented); torch's type stubs omit it.
+        self.denoiser = model.denoiser.to(device, memory_format=self.memory_format)  # type: ignore[call-overload]
         self.network: Callable[..., torch.Tensor] = (
             compiled(self.denoiser) if compile else self.denoiser
         )
@@ -353,12 +360,19 @@ class DiffusionEngine:
             for i in range(0, x.shape[0], step):
                 part = slice(i, i + step)
                 conditions = Conditioning(
-                    lr_up=cond.lr_up[part], ref=cond.ref[part], mask=cond.mask[part]
+                    lr_up=self._laid_out(cond.lr_up[part]),
+                    ref=self._laid_out(cond.ref[part]),
+                    mask=self._laid_out(cond.mask[part]),
                 )
-                parts.append(self.network(x[part], sigma[part], conditions, dtype=dtype))
+                out = self.network(self._laid_out(x[part]), sigma[part], conditions, dtype=dtype)
+                parts.append(out.contiguous())
             return torch.cat(parts)
 
         return denoise
+
+    def _laid_out(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (B, C, H, W) in the network's memory layout (the same values)."""
+        return tensor.contiguous(memory_format=self.memory_format)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import torch
 
 from refdiff_cli.files import file_sha256
 from refdiff_cli.metrics.pixel import psnr
@@ -14,6 +15,7 @@ from refdiff_cli.model import checkpoint
 from refdiff_cli.model.checkpoint import load_model
 from refdiff_cli.model.network_config import NetworkConfig
 from refdiff_cli.train.validation import default_tiling
+from refdiff_cli.upscale.engines import DiffusionEngine, EngineBatch
 from tests.conftest import SAMPLE_DATA, run_cli, zero_sample_mask
 
 
@@ -123,3 +125,32 @@ def test_a_garbage_reference_does_not_cost_the_default_model_fidelity(tmp_path: 
     model = _sample_psnr(tmp_path, grey, mask)
     bicubic = _sample_psnr(tmp_path, grey, mask, engine="bicubic")
     assert model >= bicubic - 0.1, (model, bicubic)
+
+
+def test_the_cpu_engine_runs_channels_last_with_the_contiguous_result_up_to_rounding() -> None:
+    """Issue 11: oneDNN's convolutions run faster on channels-last tensors (512 px tile of the
+    bundled network: 0.93 -> 0.69 s); what the engine returns stays the contiguous network's
+    up to float rounding (written as bytes: at most 1 DN, in under 0.01 % of the values)."""
+    generator = torch.Generator().manual_seed(0)
+    size = 128  # output pixels: a 16 px LR tile
+    batch = EngineBatch(
+        lr=torch.rand(1, 3, size // 8, size // 8, generator=generator) * 2 - 1,
+        ref=torch.rand(1, 3, size, size, generator=generator) * 2 - 1,
+        ref_valid=torch.ones(1, 1, size, size, dtype=torch.bool),
+        mask=(torch.rand(1, 1, size, size, generator=generator) > 0.7).float(),
+        origins=((0, 0),),
+        seed=0,
+    )
+    results = {}
+    for layout in (torch.channels_last, torch.contiguous_format):
+        loaded = load_model(None)
+        engine = DiffusionEngine(
+            loaded, loaded.card.sampler_config, device=torch.device("cpu"), precision="fp32"
+        )
+        assert engine.memory_format == torch.channels_last  # the CPU default
+        engine.memory_format = layout
+        engine.denoiser.to(memory_format=layout)
+        results[layout] = engine(batch)
+    channels_last, contiguous = results.values()
+    assert channels_last.is_contiguous()
+    assert torch.allclose(channels_last, contiguous, rtol=0, atol=1e-4)
