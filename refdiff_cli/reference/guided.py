@@ -208,12 +208,17 @@ def _costs(
     b, k = shifts.shape[:2]
     h, w = lr.shape[-2:]
     moved = shift_image(ref_lr.repeat_interleave(k, dim=0), shifts.reshape(b * k, 2) / scale)
-    target = lr.repeat_interleave(k, dim=0)  # (B K, C, h, w)
-    g, t = moved - box_mean(moved, 1), target - box_mean(target, 1)
+    g = (moved - box_mean(moved, 1)).reshape(b, k, -1, h, w)  # (B, K, C, h, w)
+    t = lr - box_mean(lr, 1)  # (B, C, h, w): the LR's terms are the same for every shift
     r = config.radius
-    ncc = box_mean(g * t, r) / (box_mean(g * g, r) * box_mean(t * t, r) + 1e-8).sqrt()
+
+    def per_shift(x: torch.Tensor) -> torch.Tensor:  # (B, K, C, h, w) -> the same, boxed
+        return box_mean(x.flatten(0, 1), r).reshape(b, k, -1, h, w)
+
+    energy_t = box_mean(t * t, r)[:, None]  # (B, 1, C, h, w)
+    ncc = per_shift(g * t[:, None]) / (per_shift(g * g) * energy_t + 1e-8).sqrt()
     penalty = 1 + prior * (shifts - centre[:, None]).norm(dim=2)  # (B, K)
-    cost: torch.Tensor = (1 - ncc.mean(dim=1)).reshape(b, k, h, w) * penalty[:, :, None, None]
+    cost: torch.Tensor = (1 - ncc.mean(dim=2)) * penalty[:, :, None, None]  # (B, K, h, w)
     return cost
 
 
