@@ -129,7 +129,7 @@ def test_a_garbage_reference_does_not_cost_the_default_model_fidelity(tmp_path: 
 
 def test_the_cpu_engine_runs_channels_last_with_the_contiguous_result_up_to_rounding() -> None:
     """Issue 11: oneDNN's convolutions run faster on channels-last tensors (512 px tile of the
-    bundled network: 0.93 -> 0.69 s); what the engine returns stays the contiguous network's
+    bundled network: 0.72 -> 0.65 s); what the engine returns stays the contiguous network's
     up to float rounding (written as bytes: at most 1 DN, in under 0.01 % of the values)."""
     generator = torch.Generator().manual_seed(0)
     size = 128  # output pixels: a 16 px LR tile
